@@ -1,0 +1,40 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv when missing and install into it.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# One thread per test worker: two workers on two cores.
+WORKERS ?= 2
+
+.PHONY: demo test test-all install dev bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: anything unpinned would pull a multi-GB GPU build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/cptlab demo --quick
+
+test: dev
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(WORKERS) -m "not slow" -q
+
+test-all: dev
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(WORKERS) -q
+
+bench: dev
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

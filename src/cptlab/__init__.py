@@ -1,0 +1,3 @@
+"""cptlab: continued pretraining of causal language models, and finding out whether and why it helps."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,75 @@
+"""The `cptlab` command. Thin: each command module parses its options and calls one library function.
+
+Command modules live in `cptlab.commands.*` and import heavy libraries (torch, transformers) inside the
+command bodies so that `cptlab --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+import typer
+
+from cptlab.errors import CptlabError
+
+app = typer.Typer(
+    name="cptlab",
+    help="Continued pretraining of causal LMs, and finding out whether and why it helps.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+# Each module defines `register(app)`; the order is the order of `cptlab --help`.
+COMMAND_MODULES = [
+    "cptlab.commands.demo",
+    "cptlab.commands.corpus",
+    "cptlab.commands.tokens",
+    "cptlab.commands.train",
+    "cptlab.commands.evaluate",
+    "cptlab.commands.study",
+    "cptlab.commands.diagnose",
+]
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # not written yet
+                continue
+            raise
+        module.register(app)
+
+
+_register_all()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: library errors become one message and a non-zero exit, never a traceback."""
+    from cptlab.console import console
+
+    try:
+        rv = app(args=argv, prog_name="cptlab", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:  # usage errors: exit 2
+        e.show()
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        console.print("[red]interrupted[/]")
+        sys.exit(130)
+    except CptlabError as e:
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        sys.exit(e.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
