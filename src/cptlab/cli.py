@@ -32,6 +32,8 @@ COMMAND_MODULES = [
     "cptlab.commands.evaluate",
     "cptlab.commands.study",
     "cptlab.commands.diagnose",
+    "cptlab.commands.remedies",
+    "cptlab.commands.mixlaw",
 ]
 
 
