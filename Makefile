@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # One thread per test worker: two workers on two cores.
 WORKERS ?= 2
 
-.PHONY: demo test test-all install dev bench clean
+.PHONY: demo test test-all install dev bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,15 @@ dev: $(VENV)/.installed-dev
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/cptlab demo --quick
 
-test: dev
+# The report test renders the HTML in headless Chromium (Debian packages); installed once when missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium (report tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+test: dev browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(WORKERS) -m "not slow" -q
 
-test-all: dev
+test-all: dev browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(WORKERS) -q
 
 bench: dev
