@@ -36,11 +36,13 @@ from __future__ import annotations
 
 import ast
 import bz2
+import glob
 import gzip
 import hashlib
 import lzma
 import os
 import re
+import stat
 import sysconfig
 import time
 import warnings
@@ -64,7 +66,8 @@ DEFAULT_CAPS = {"stdlib_core": 3_000_000, "stdlib_tests": 3_000_000, "changelogs
 DOMAINS = tuple(DEFAULT_CAPS)
 
 _GUI = ("idlelib/", "tkinter/", "turtledemo/", "turtle.py")
-_NOT_CORE = ("site-packages/", "dist-packages/", "encodings/", "pydoc_data/", "lib-dynload/", "config-3")
+_PRUNE = ("site-packages/", "dist-packages/", "encodings/", "lib-dynload/", "config-3")  # never walked into
+_NOT_CORE = _PRUNE + ("pydoc_data/",)
 
 
 class _Skip(Exception):
@@ -83,7 +86,7 @@ class _Plan:
 
     name: str
     source: list[str]  # "stdlib:<glob>" descriptions for the manifest
-    files: list[Path] = field(default_factory=list)
+    files: list[tuple[str, Path, int]] = field(default_factory=list)  # (key, path, size)
     units: Callable[[], list[_Unit]] | None = None
     unit: str = "file"
     missing: str | None = None  # why there is nothing to read
@@ -104,6 +107,17 @@ def clean_text(text: str) -> str:
     """Normalise line breaks, drop control characters, trailing blanks and every blank/whitespace-only line."""
     text = _CONTROL.sub("", _BREAKS.sub("\n", text))
     return "\n".join(s for s in (line.rstrip() for line in text.split("\n")) if s)
+
+
+def clean_head(text: str, max_bytes: int) -> str:
+    """clean_text(text), or, for a text far longer than `max_bytes`, the clean text of a head of whole lines
+    that is already longer than `max_bytes`: truncate() gives the same document from both, faster."""
+    limit = 4 * max_bytes + 1
+    if len(text) > limit and (nl := text.rfind("\n", 0, limit)) > 0:
+        head = clean_text(text[:nl])  # whole lines only: a prefix, line by line, of clean_text(text)
+        if len(head.encode("utf-8")) > max_bytes:
+            return head
+    return clean_text(text)
 
 
 def truncate(text: str, max_bytes: int) -> tuple[str, bool]:
@@ -179,36 +193,48 @@ def pydoc_topics(path: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------- finding the sources
 
-def _rel(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
+def _stat_size(path: str) -> int | None:
+    """Size of a regular file (following links), None for anything else."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
-def _stdlib_files(root: Path) -> dict[str, list[Path]]:
-    """The stdlib's .py files by domain (stdlib_core, stdlib_tests, gui_code), plus pydoc's topics.py."""
-    out: dict[str, list[Path]] = {"stdlib_core": [], "stdlib_tests": [], "gui_code": [], "pydoc_topics": []}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
-        for name in filenames:
-            if not name.endswith(".py"):
+def _stdlib_files(root: Path) -> dict[str, list[tuple[str, Path, int]]]:
+    """The stdlib's .py files as (relative path, path, size) by domain, plus pydoc's topics.py."""
+    out: dict[str, list[tuple[str, Path, int]]] = {"stdlib_core": [], "stdlib_tests": [], "gui_code": [],
+                                                   "pydoc_topics": []}
+    top = str(root)
+    for dirpath, dirnames, filenames in os.walk(top):
+        reldir = os.path.relpath(dirpath, top).replace(os.sep, "/")
+        prefix = "" if reldir == "." else reldir + "/"
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith(".")
+                             and not (prefix + d + "/").startswith(_PRUNE))
+        for name in sorted(filenames):
+            rel = prefix + name
+            if not name.endswith(".py") or (size := _stat_size(os.path.join(dirpath, name))) is None:
                 continue
-            path = Path(dirpath, name)
-            rel = _rel(path, root)
             parts = rel.split("/")
             if rel == "pydoc_data/topics.py":
-                out["pydoc_topics"].append(path)
+                domain = "pydoc_topics"
             elif rel.startswith(_GUI):
-                out["gui_code"].append(path)
+                domain = "gui_code"
             elif rel.startswith(_NOT_CORE):
                 continue
             elif parts[0] == "test" or "test" in parts[:-1] or "tests" in parts[:-1]:
-                out["stdlib_tests"].append(path)
+                domain = "stdlib_tests"
             else:
-                out["stdlib_core"].append(path)
+                domain = "stdlib_core"
+            out[domain].append((rel, Path(dirpath, name), size))
     return {k: sorted(v) for k, v in out.items()}
 
 
-def _glob(root: Path, patterns: tuple[str, ...]) -> list[Path]:
-    return sorted({p for pat in patterns for p in root.glob(pat) if p.is_file()})
+def _glob(root: Path, patterns: tuple[str, ...]) -> list[tuple[str, Path, int]]:
+    rels = sorted({r.replace(os.sep, "/") for pat in patterns for r in glob.glob(pat, root_dir=str(root))})
+    found = ((r, root / r, _stat_size(os.path.join(root, r))) for r in rels)
+    return [(r, p, n) for r, p, n in found if n is not None]
 
 
 def _plans(sources: dict[str, str | os.PathLike | None], only: list[str]) -> dict[str, _Plan]:
@@ -238,12 +264,13 @@ def _plans(sources: dict[str, str | os.PathLike | None], only: list[str]) -> dic
         if name == "pydoc_topics":
             plan.unit = "topic"
             plan.units = lambda files=plan.files: [
-                _Unit(f"{_rel(f, stdlib)}#{topic}", lambda text=text: text)
-                for f in files for topic, text in sorted(pydoc_topics(f).items())]
+                _Unit(f"{rel}#{topic}", lambda text=text: text)
+                for rel, path, _ in files for topic, text in sorted(pydoc_topics(path).items())]
         elif name == "docstrings":
-            plan.unit = "module"  # units filled in after stdlib_core is built
+            plan.unit = "module"
+            plan.units = lambda files=plan.files: [_Unit(rel, lambda p=p: module_docstrings(p)) for rel, p, _ in files]
         else:
-            plan.units = lambda files=plan.files: [_Unit(_rel(f, stdlib), lambda f=f: read_text(f)) for f in files]
+            plan.units = lambda files=plan.files: [_Unit(rel, lambda p=p: read_text(p)) for rel, p, _ in files]
 
     file_domains = {  # name -> [(source key, patterns, loader)]
         "changelogs": [("doc", ("*/changelog*.gz",), read_text)],
@@ -261,9 +288,9 @@ def _plans(sources: dict[str, str | os.PathLike | None], only: list[str]) -> dic
             if root is None:
                 missing.append(f"source {key!r} not found: {roots.get(key)}")
                 continue
-            files = _glob(root, patterns)
+            files = [(f"{key}/{rel}", path, size) for rel, path, size in _glob(root, patterns)]
             plan.files += files
-            units += [_Unit(f"{key}/{_rel(f, root)}", lambda f=f, ld=loader: ld(f)) for f in files]
+            units += [_Unit(rel, lambda p=p, ld=loader: ld(p)) for rel, p, _ in files]
         plan.units = lambda units=units: units
         if not plan.files:
             plan.missing = "; ".join(missing) or "no source files found"
@@ -273,14 +300,8 @@ def _plans(sources: dict[str, str | os.PathLike | None], only: list[str]) -> dic
     return plans
 
 
-def fingerprint(files: list[Path]) -> dict[str, int]:
-    size = 0
-    for f in files:
-        try:
-            size += f.stat().st_size
-        except OSError:
-            pass
-    return {"files": len(files), "bytes": size}
+def fingerprint(files: list[tuple[str, Path, int]]) -> dict[str, int]:
+    return {"files": len(files), "bytes": sum(size for _, _, size in files)}
 
 
 # ---------------------------------------------------------------- building one domain
@@ -308,7 +329,7 @@ def _take(units: list[_Unit], *, cap: int | None, max_file_bytes: int, seed: int
     for unit in order:
         stats["files_read"] += 1
         try:
-            text = clean_text(unit.load())
+            text = clean_head(unit.load(), max_file_bytes)
             if not text:
                 raise _Skip("empty")
         except _Skip as e:
@@ -423,12 +444,9 @@ def build_demo_corpus(out_dir: str | Path, *, max_file_bytes: int = 60_000,
             if plan.missing:
                 manifest["dropped"][name] = {**entry, "reason": plan.missing}
                 continue
+            units = plan.units()
             if name == "docstrings":
-                root = Path(src["stdlib"])
-                units = [_Unit(_rel(f, root), lambda f=f: module_docstrings(f)) for f in plan.files
-                         if _rel(f, root) not in used_core]
-            else:
-                units = plan.units()
+                units = [u for u in units if u.key not in used_core]
             docs, stats = _take(units, cap=entry["max_bytes"], max_file_bytes=max_file_bytes, seed=seed)
             if name == "stdlib_core":
                 used_core = {k for split in docs.values() for k, _ in split}
