@@ -1,14 +1,41 @@
-"""Stream documents from corpus files. FIRST VERSION (happy path); the corpus issue hardens it."""
+"""Stream documents from a corpus split: .txt(.gz), .jsonl(.gz), .parquet, or a `datasets` spec.
+
+Memory stays constant in the corpus size: text files are read line by line (a long line in 1 MiB pieces),
+parquet by row batches, datasets by streaming. Documents are returned verbatim, except that in .txt blank-line
+mode the line break before a separating blank line is not part of the document. Empty or whitespace-only
+documents are skipped and counted.
+
+.txt documents: `txt_mode="blank-line"` (default): documents are separated by one or more blank lines (empty or
+whitespace-only); `"line"`: every line is a document (without its line break, "\\n" or "\\r\\n").
+.jsonl: one JSON object per line, text in `text_field` (default `text`); whitespace-only lines are ignored.
+
+Skip reasons counted in `ReadStats.skipped`:
+    empty          empty or whitespace-only document
+    invalid_utf8   document with invalid UTF-8, under on_decode_error="skip"
+    invalid_json   jsonl line that is not JSON or not an object, under on_bad_record="skip"
+    missing_field  record without the text field (or null), under on_bad_record="skip"
+    not_a_string   record whose text field is not a string, under on_bad_record="skip"
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
-from cptlab.corpus.layout import SplitSource
+from cptlab.corpus.layout import SplitSource, file_format
+from cptlab.corpus.textio import iter_lines
+from cptlab.errors import CptlabError, UsageError
+
+TXT_MODES = ("blank-line", "line")
+DECODE_ERROR_MODES = ("error", "replace", "skip")
+BAD_RECORD_MODES = ("error", "skip")
+PARQUET_BATCH_ROWS = 256
+_BIG = 1 << 20  # documents longer than this are counted in slices (bounded temporary memory)
 
 
 @dataclass
@@ -18,54 +45,217 @@ class ReadOptions:
     on_decode_error: Literal["error", "replace", "skip"] = "error"
     on_bad_record: Literal["error", "skip"] = "error"
 
+    def __post_init__(self):
+        for name, allowed in (("txt_mode", TXT_MODES), ("on_decode_error", DECODE_ERROR_MODES),
+                              ("on_bad_record", BAD_RECORD_MODES)):
+            if getattr(self, name) not in allowed:
+                raise UsageError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if not isinstance(self.text_field, str) or not self.text_field:
+            raise UsageError(f"text_field: expected a non-empty string, got {self.text_field!r}")
+
 
 @dataclass
 class ReadStats:
+    """What reading saw. `words` = `len(doc.split())` (runs of non-whitespace; lm-eval's word perplexity uses
+    `len(re.split(r"\\s+", doc))`, which also counts empty strings at the ends); `bytes` = UTF-8 bytes."""
+
     documents: int = 0
     words: int = 0
     bytes: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason -> count
+    replaced: int = 0  # invalid UTF-8 sequences replaced by U+FFFD (on_decode_error="replace")
+    files: int = 0  # files opened (0 for a datasets spec)
+
+    def add(self, other: ReadStats) -> None:
+        self.documents += other.documents
+        self.words += other.words
+        self.bytes += other.bytes
+        self.skipped.update(other.skipped)
+        self.replaced += other.replaced
+        self.files += other.files
+
+    def to_dict(self) -> dict:
+        return {"files": self.files, "documents": self.documents, "words": self.words, "bytes": self.bytes,
+                "skipped": dict(sorted(self.skipped.items())), "replaced": self.replaced}
+
+
+def count_words(doc: str) -> int:
+    """`len(doc.split())` without building the list for long documents."""
+    if len(doc) <= _BIG:
+        return len(doc.split())
+    n, prev_space = 0, True
+    for i in range(0, len(doc), _BIG):
+        part = doc[i:i + _BIG]
+        n += len(part.split())
+        if not prev_space and not part[0].isspace():
+            n -= 1  # a word cut at the slice boundary was counted twice
+        prev_space = part[-1].isspace()
+    return n
+
+
+def count_bytes(doc: str) -> int:
+    if doc.isascii():
+        return len(doc)
+    if len(doc) <= _BIG:
+        return len(doc.encode("utf-8"))
+    return sum(len(doc[i:i + _BIG].encode("utf-8")) for i in range(0, len(doc), _BIG))
 
 
 def iter_documents(source: SplitSource, options: ReadOptions | None = None,
                    stats: ReadStats | None = None) -> Iterator[str]:
+    """The documents of one split, in file order; see the module doc for formats, options and skip reasons."""
     options = options or ReadOptions()
-    for path in source.files:
-        for doc in _iter_file(Path(path), options):
-            if not doc.strip():
-                if stats is not None:
-                    stats.skipped["empty"] += 1
-                continue
-            if stats is not None:
-                stats.documents += 1
-                stats.words += len(doc.split())
-                stats.bytes += len(doc.encode("utf-8"))
-            yield doc
+    stats = stats if stats is not None else ReadStats()
+    opts = dataclasses.replace(options, text_field=source.text_field or options.text_field,
+                               txt_mode=source.txt_mode or options.txt_mode)
+    for raw in _iter_raw(source, opts, stats):
+        if not raw or raw.isspace():
+            stats.skipped["empty"] += 1
+            continue
+        stats.documents += 1
+        stats.words += count_words(raw)
+        stats.bytes += count_bytes(raw)
+        yield raw
 
 
-def _iter_file(path: Path, options: ReadOptions) -> Iterator[str]:
-    name = path.name
-    if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
+def _iter_raw(source: SplitSource, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
+    if source.hf:
+        from cptlab.corpus.hf import iter_hf_texts
 
-        pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(columns=[options.text_field]):
-            yield from batch.column(0).to_pylist()
+        yield from iter_hf_texts(source, options.text_field, options.on_bad_record, stats)
         return
-    text = path.read_text(encoding="utf-8")
-    if name.endswith(".jsonl"):
-        for line in text.splitlines():
-            if line.strip():
-                yield json.loads(line)[options.text_field]
-    elif options.txt_mode == "line":
-        yield from text.splitlines()
-    else:
-        buf: list[str] = []
-        for line in text.split("\n"):
-            if line.strip():
-                buf.append(line)
-            elif buf:
-                yield "\n".join(buf)
-                buf = []
-        if buf:
-            yield "\n".join(buf)
+    for path in source.files:
+        path = Path(path)
+        fmt = source.format or file_format(path)
+        if not path.is_file():
+            raise CptlabError(f"{path}: no such file (corpus {source.domain}/{source.split})")
+        stats.files += 1
+        if fmt == "parquet":
+            yield from _parquet(path, options, stats)
+        elif fmt == "jsonl":
+            yield from _jsonl(path, options, stats)
+        elif fmt == "txt":
+            yield from (_txt_lines if options.txt_mode == "line" else _txt_blocks)(path, options, stats)
+        else:
+            raise CptlabError(f"{path}: unknown format (expected .txt, .jsonl, .parquet, .txt.gz, .jsonl.gz)")
+
+
+def _strip_eol(text: str) -> str:
+    if text.endswith("\n"):
+        return text[:-2] if text.endswith("\r\n") else text[:-1]
+    return text
+
+
+def _decode_ok(invalid: int, options: ReadOptions, stats: ReadStats) -> bool:
+    """Whether a document with `invalid` replaced sequences is kept (and count it)."""
+    if not invalid:
+        return True
+    if options.on_decode_error == "skip":
+        stats.skipped["invalid_utf8"] += 1
+        return False
+    stats.replaced += invalid
+    return True
+
+
+def _txt_lines(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
+    for line in iter_lines(path, options.on_decode_error):
+        if _decode_ok(line.invalid, options, stats):
+            yield _strip_eol(line.text)
+
+
+def _txt_blocks(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
+    buf: list[str] = []
+    invalid = 0
+    for line in iter_lines(path, options.on_decode_error):
+        text = line.text
+        if not text or text.isspace():
+            if buf:
+                if _decode_ok(invalid, options, stats):
+                    yield _strip_eol(buf[0] if len(buf) == 1 else "".join(buf))
+                buf, invalid = [], 0
+            continue
+        buf.append(text)
+        invalid += line.invalid
+    if buf and _decode_ok(invalid, options, stats):
+        yield _strip_eol(buf[0] if len(buf) == 1 else "".join(buf))
+
+
+def _bad(where: str, reason: str, message: str, options: ReadOptions, stats: ReadStats) -> None:
+    if options.on_bad_record == "skip":
+        stats.skipped[reason] += 1
+        return
+    raise CptlabError(f"{where}: {message} (--on-bad-record skip to skip such records)")
+
+
+def _type_name(value) -> str:
+    return {dict: "an object", list: "an array", bool: "a boolean", int: "a number", float: "a number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _jsonl(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
+    key = options.text_field
+    for line in iter_lines(path, options.on_decode_error):
+        if not line.text or line.text.isspace():
+            continue
+        where = f"{path}:{line.number}"
+        if line.invalid and options.on_decode_error == "skip":
+            stats.skipped["invalid_utf8"] += 1
+            continue
+        try:
+            record = json.loads(line.text)
+        except json.JSONDecodeError as e:
+            _bad(where, "invalid_json", f"not valid JSON ({e.msg} at column {e.colno})", options, stats)
+            continue
+        except RecursionError:
+            _bad(where, "invalid_json", "not valid JSON (nested too deeply)", options, stats)
+            continue
+        if not isinstance(record, dict):
+            _bad(where, "invalid_json", f"expected a JSON object, got {_type_name(record)}", options, stats)
+            continue
+        value = record.get(key)
+        if value is None:
+            fields = ", ".join(record) or "none"
+            msg = f"field {key!r} is null" if key in record else f"no field {key!r} (fields: {fields}; see --text-field)"
+            _bad(where, "missing_field", msg, options, stats)
+            continue
+        if not isinstance(value, str):
+            _bad(where, "not_a_string", f"field {key!r} is {_type_name(value)}, expected a string", options, stats)
+            continue
+        if line.invalid:
+            stats.replaced += line.invalid
+        yield value
+
+
+def _parquet(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    key = options.text_field
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+    except (pa.ArrowException, OSError) as e:
+        raise CptlabError(f"{path}: not a readable parquet file ({e})") from None
+    if key not in schema.names:
+        raise CptlabError(f"{path}: no column {key!r} (columns: {', '.join(schema.names) or 'none'}; "
+                          f"see --text-field)")
+    t = schema.field(key).type
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
+        raise CptlabError(f"{path}: column {key!r} has type {t}, expected strings")
+    row = 0
+    batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[key])
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as e:
+            raise CptlabError(f"{path}: cannot read rows from {row} ({e})") from None
+        for value in batch.column(0).to_pylist():
+            if value is None:
+                _bad(f"{path}: row {row}", "missing_field", f"column {key!r} is null", options, stats)
+            else:
+                yield value
+            row += 1
