@@ -84,7 +84,8 @@ def make_sources(root: Path) -> tuple[dict[str, str], dict[str, dict[str, str]]]
     _txt(std / "pkg" / "copy_of_mod000.py", (std / "pkg" / "mod000.py").read_bytes())
     expect["stdlib_core"]["pkg/copy_of_mod000.py"] = expect["stdlib_core"]["pkg/mod000.py"]
     expect["docstrings"]["pkg/copy_of_mod000.py"] = expect["docstrings"]["pkg/mod000.py"]
-    _gz(doc / "pkgdup" / "changelog.Debian.gz", gzip.decompress((doc / "pkg000" / "changelog.Debian.gz").read_bytes()).decode())
+    first_changelog = gzip.decompress((doc / "pkg000" / "changelog.Debian.gz").read_bytes()).decode()
+    _gz(doc / "pkgdup" / "changelog.Debian.gz", first_changelog)
     expect["changelogs"]["doc/pkgdup/changelog.Debian.gz"] = expect["changelogs"]["doc/pkg000/changelog.Debian.gz"]
     _gz(man / "man1" / "alias.1.gz", ".so man1/cmd000.1\n")  # a redirect: skipped
     sources = {"stdlib": str(std), "doc": str(doc), "licenses": str(lic), "man": str(man)}
