@@ -22,7 +22,6 @@ same bytes as one. Memory stays bounded: at most `2 * workers` chunks are in fli
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import multiprocessing as mp
 import os
 import sys
@@ -281,40 +280,38 @@ def _summary_row(m: dict, status: str, reason: str, seconds: float) -> dict:
 # ----------------------------------------------------------------------------- source fingerprints
 
 
-def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _stat_files(source) -> list[dict]:
+    """`[{"path", "size", "mtime_ns"}]` of a plain source's files, without hashing (the cheap check)."""
     out = []
     for f in source.files:
-        p = Path(f)
+        p = Path(f).resolve()
         try:
             st = p.stat()
         except OSError as e:
             raise CptlabError(f"{p}: cannot read ({e.strerror})") from None
-        out.append({"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        out.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
     return out
 
 
-def _source_record(source, with_hash: bool = True) -> dict:
-    """What the cache depends on: the files (size, mtime, sha256) or the `datasets` spec."""
-    hf = getattr(source, "hf", None)
-    if hf:
-        return {"hf": hf, "files": []}
-    files = _stat_files(source)
-    if with_hash:
-        for rec in files:
-            rec["sha256"] = sha256_file(rec["path"])
-    return {"hf": None, "files": files}
+def _source_settings(source) -> dict:
+    import json
+
+    settings = {k: getattr(source, k, None) for k in ("hf", "format", "text_field", "txt_mode")}
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))  # as the manifest will hold it
+
+
+def _source_record(source) -> dict:
+    """What an entry depends on: the source's settings and its files (path, size, mtime_ns, sha256)."""
+    from cptlab.corpus import corpus_fingerprint_files
+
+    files = [{k: f[k] for k in ("path", "size", "mtime_ns", "sha256")} for f in corpus_fingerprint_files(source)]
+    return {**_source_settings(source), "files": files}
 
 
 def _stale_reason(d: Path, source, tok_info: dict, options: dict, verify_hash: bool) -> str | None:
     """None when the entry at `d` is current; else why it must be (re)built. Refreshes touched mtimes."""
+    from cptlab.corpus import sha256_file
+
     mpath = d / "manifest.json"
     if not mpath.is_file():
         return "new"
@@ -329,8 +326,10 @@ def _stale_reason(d: Path, source, tok_info: dict, options: dict, verify_hash: b
     if m.get("read_options") != options:
         return "read options changed"
     old = m.get("source", {})
-    if getattr(source, "hf", None):
-        return None if old.get("hf") == source.hf else "dataset spec changed"
+    if {k: old.get(k) for k in _source_settings(source)} != _source_settings(source):
+        return "source settings changed"
+    if getattr(source, "hf", None):  # a datasets spec: its local files, if any, hashed every time
+        return None if _source_record(source)["files"] == old.get("files") else "dataset files changed"
     now = _stat_files(source)
     old_files = old.get("files", [])
     if [f["path"] for f in now] != [f["path"] for f in old_files]:
@@ -471,7 +470,7 @@ def _build_entry(source, d: Path, tok_info: dict, dtype: np.dtype, options: dict
                  encoder: _Encoder, progress, iter_documents) -> dict:
     from cptlab.corpus import ReadStats
 
-    record = _source_record(source, with_hash=True)
+    record = _source_record(source)
     stats = ReadStats()
     label = f"{source.domain}/{source.split}"
     total = sum(f["size"] for f in record["files"]) or None
@@ -500,7 +499,7 @@ def _build_entry(source, d: Path, tok_info: dict, dtype: np.dtype, options: dict
                 progress.update(task, completed=min(chars[0], total or chars[0]),
                                 rate=f"{n_tokens / elapsed:,.0f} tok/s")
         _raw_to_npy(tmp / "offsets.raw", tmp / "offsets.npy", n_docs + 1)
-        after = _stat_files(source) if not record["hf"] else []
+        after = _stat_files(source) if not record["hf"] else record["files"]
         if [(f["size"], f["mtime_ns"]) for f in after] != [(f["size"], f["mtime_ns"]) for f in record["files"]]:
             raise CptlabError(f"corpus {label}: a source file changed while it was being tokenized; run again")
         skipped = Counter({str(k): int(v) for k, v in dict(stats.skipped).items()})

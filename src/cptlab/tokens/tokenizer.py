@@ -83,3 +83,72 @@ def _non_empty(texts: Iterable[str]) -> Iterator[str]:
     for t in texts:
         if t:
             yield t
+
+
+def train_tokenizer_on_corpus(corpus, vocab_size: int, out_dir: str | Path, domains=None,
+                              splits=("train",), max_bytes: int | None = None, read_options=None,
+                              min_frequency: int = 2):
+    """Train a byte-level BPE on a corpus's documents and save it (atomically) as an HF tokenizer dir.
+
+    `corpus`: a `Corpus` or anything `open_corpus` accepts. `max_bytes` caps the UTF-8 text used, shared
+    equally among the selected domains (so one large domain cannot crowd out the others); a domain with less
+    text leaves the rest of its share to the domains after it. Writes `cptlab_tokenizer.json` (what it was trained on) beside the
+    tokenizer files. Returns the loaded tokenizer.
+    """
+    from cptlab.corpus import ReadStats, iter_documents, open_corpus
+    from cptlab.fsutil import atomic_dir, atomic_write_json
+
+    if not hasattr(corpus, "domains"):
+        corpus = open_corpus(corpus)
+    if max_bytes is not None and max_bytes <= 0:
+        raise CptlabError(f"--max-bytes {max_bytes}: must be positive")
+    names = list(domains) if domains else corpus.domain_names()
+    unknown = [d for d in names if d not in corpus.domains]
+    if unknown:
+        raise CptlabError(f"--domains: unknown domain(s) {', '.join(unknown)} in corpus {corpus.root} "
+                          f"(domains: {', '.join(corpus.domain_names())})")
+    sources = [corpus.domains[d][s] for d in names for s in splits if s in corpus.domains[d]]
+    if not sources:
+        raise CptlabError(f"corpus {corpus.root}: none of the splits {', '.join(splits)} exist in the selected domains")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
+                                                     and not (out_dir / "tokenizer_config.json").exists())):
+        raise CptlabError(f"--out {out_dir}: exists and is not a tokenizer dir; choose a new or empty dir")
+
+    used = {"documents": 0, "bytes": 0, "by_domain": {}}
+
+    def texts() -> Iterator[str]:
+        remaining = max_bytes
+        for i, d in enumerate(names):
+            budget = None if remaining is None else remaining // (len(names) - i)
+            got = 0
+            for source in (s for s in sources if s.domain == d):
+                stats = ReadStats()
+                for doc in iter_documents(source, read_options, stats):
+                    n = len(doc.encode("utf-8"))
+                    if budget is not None and got + n > budget:
+                        doc = doc.encode("utf-8")[: budget - got].decode("utf-8", errors="ignore")
+                        n = len(doc.encode("utf-8"))
+                    if doc:
+                        got += n
+                        used["documents"] += 1
+                        yield doc
+                    if budget is not None and got >= budget:
+                        break
+                if budget is not None and got >= budget:
+                    break
+            used["by_domain"][d] = got
+            used["bytes"] += got
+            if remaining is not None:
+                remaining -= got
+
+    with atomic_dir(out_dir) as tmp:
+        tok = train_bpe(texts(), vocab_size, tmp, min_frequency=min_frequency)
+        if used["documents"] == 0:
+            raise CptlabError(f"corpus {corpus.root}: no documents to train a tokenizer on")
+        atomic_write_json(tmp / "cptlab_tokenizer.json", {
+            "corpus": str(corpus.root), "domains": names, "splits": list(splits), "max_bytes": max_bytes,
+            "vocab_size_requested": vocab_size, "vocab_size": len(tok), **used,
+            "fingerprint": tokenizer_fingerprint(tok),
+        })
+    return load_tokenizer(out_dir)
