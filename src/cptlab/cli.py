@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "cptlab.commands.evaluate",
     "cptlab.commands.study",
     "cptlab.commands.diagnose",
+    "cptlab.commands.sensitivity",
     "cptlab.commands.remedies",
     "cptlab.commands.mixlaw",
 ]
