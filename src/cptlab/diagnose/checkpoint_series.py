@@ -1,0 +1,262 @@
+"""A series of checkpoints of one pretraining run, ordered by tokens seen, and the U-shape verdict over it.
+
+Where a checkpoint's "tokens seen" comes from, in order:
+  1. given explicitly (`--tokens` on the command line, `tokens:` in a study);
+  2. the checkpoint's training state: any JSON file in `<ckpt>/state/` (or, for a model dir `<ckpt>/model`, in its
+     sibling `state/`) with a top-level or one-level-nested key `tokens_seen`, `tokens` or `num_tokens`
+     (the trainer writes its token count there);
+  3. none: the series is then ordered as given and the report says the token counts are unknown.
+
+`checkpoints/step-XXXXXXXX/` dirs without a `COMPLETE` marker (a save cut by a kill) are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from cptlab.errors import CptlabError
+
+TOKEN_KEYS = ("tokens_seen", "tokens", "num_tokens", "train_tokens")
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class Checkpoint:
+    """One model of the series: where its HF dir is, and how far into pretraining it was taken."""
+
+    label: str
+    model_dir: str
+    tokens: int | None = None
+    tokens_source: str | None = None  # "given" | "state:<file>" | None
+    step: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_dir_of(path: str | Path) -> Path:
+    """The HF model dir of a checkpoint path: `<ckpt>/model` when present, else the path itself."""
+    p = Path(path).expanduser()
+    if (p / "model" / "config.json").is_file():
+        return p / "model"
+    return p
+
+
+def _state_dirs(path: Path, model_dir: Path) -> list[Path]:
+    dirs = [path / "state", model_dir.parent / "state", model_dir / "state"]
+    out: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and d not in out:
+            out.append(d)
+    return out
+
+
+def _find_tokens(data: Any, depth: int = 0) -> int | None:
+    if not isinstance(data, dict):
+        return None
+    for key in TOKEN_KEYS:
+        v = data.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0:
+            return int(v)
+    if depth == 0:
+        for v in data.values():
+            found = _find_tokens(v, 1)
+            if found is not None:
+                return found
+    return None
+
+
+def read_tokens_seen(path: str | Path) -> tuple[int | None, str | None]:
+    """(tokens seen, the file it came from) from a checkpoint's training state; (None, None) if not found."""
+    p = Path(path).expanduser()
+    for d in _state_dirs(p, model_dir_of(p)):
+        for f in sorted(d.glob("*.json")):
+            try:
+                data = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            tokens = _find_tokens(data)
+            if tokens is not None:
+                return tokens, str(f)
+    return None, None
+
+
+def _step_of(path: Path) -> int | None:
+    for part in (path.name, path.parent.name):
+        m = _STEP_DIR.match(part)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def checkpoint_from_path(path: str | Path, tokens: int | None = None, label: str | None = None) -> Checkpoint:
+    p = Path(path).expanduser()
+    model_dir = model_dir_of(p)
+    if not (model_dir / "config.json").is_file():
+        raise CptlabError(f"model {path}: no HF model here (expected {model_dir / 'config.json'})")
+    step = _step_of(model_dir if model_dir != p else p)
+    source = "given" if tokens is not None else None
+    if tokens is None:
+        tokens, found = read_tokens_seen(p)
+        source = f"state:{found}" if found else None
+    if label is None:
+        label = p.name if p.name != "model" else p.parent.name
+    return Checkpoint(label=label, model_dir=str(model_dir.resolve()), tokens=tokens, tokens_source=source,
+                      step=step)
+
+
+def list_run_checkpoints(run_dir: str | Path, include_final: bool = False) -> list[Checkpoint]:
+    """The complete checkpoints of a training run dir (`run_dir/checkpoints/step-*/` with COMPLETE), by tokens."""
+    run_dir = Path(run_dir).expanduser()
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        raise CptlabError(f"{run_dir}: no checkpoints/ folder (is this a `cptlab train` output dir?)")
+    found = []
+    for d in sorted(root.iterdir()):
+        if _STEP_DIR.match(d.name) and d.is_dir() and (d / "COMPLETE").exists():
+            found.append(checkpoint_from_path(d))
+    if include_final and (run_dir / "final" / "config.json").is_file():
+        final = checkpoint_from_path(run_dir / "final", label="final")
+        if final.tokens is None:
+            final.tokens = _tokens_from_metrics(run_dir)
+            final.tokens_source = "metrics.jsonl" if final.tokens is not None else None
+        if not any(c.tokens is not None and c.tokens == final.tokens for c in found):
+            found.append(final)
+    if not found:
+        raise CptlabError(f"{root}: no complete checkpoint (step-*/ with a COMPLETE marker)")
+    return order_series(found)
+
+
+def _tokens_from_metrics(run_dir: Path) -> int | None:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    last = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        t = _find_tokens(row) if isinstance(row, dict) else None
+        if t is not None:
+            last = t
+    return last
+
+
+def resolve_series(paths: Sequence[str | Path], tokens: Sequence[int] | None = None,
+                   labels: Sequence[str] | None = None) -> list[Checkpoint]:
+    """Checkpoints from paths (each a checkpoint dir, a model dir, or a training run dir with checkpoints/)."""
+    if tokens is not None and len(tokens) != len(paths):
+        raise CptlabError(f"--tokens: {len(tokens)} value(s) for {len(paths)} model(s); give one per --model")
+    if labels is not None and len(labels) != len(paths):
+        raise CptlabError(f"labels: {len(labels)} for {len(paths)} model(s)")
+    out: list[Checkpoint] = []
+    for i, p in enumerate(paths):
+        pp = Path(p).expanduser()
+        if (pp / "checkpoints").is_dir() and not (pp / "config.json").is_file() and tokens is None:
+            out.extend(list_run_checkpoints(pp))
+            continue
+        out.append(checkpoint_from_path(pp, tokens=None if tokens is None else int(tokens[i]),
+                                        label=None if labels is None else labels[i]))
+    seen: dict[str, int] = {}
+    for c in out:  # labels name rows in tables: make them unique
+        if c.label in seen:
+            seen[c.label] += 1
+            c.label = f"{c.label}#{seen[c.label]}"
+        else:
+            seen[c.label] = 1
+    return order_series(out)
+
+
+def order_series(series: list[Checkpoint]) -> list[Checkpoint]:
+    """Ordered by tokens seen when every checkpoint has a count; else as given."""
+    if series and all(c.tokens is not None for c in series):
+        return sorted(series, key=lambda c: (c.tokens, c.step or 0))
+    return list(series)
+
+
+# ---------------------------------------------------------------- statistics and the verdict
+
+
+def summarize(values: Sequence[float]) -> dict[str, Any]:
+    """Mean, sample std (ddof=1), standard error of the mean, n, and the values themselves."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(vals)
+    if n == 0:
+        return {"n": 0, "mean": None, "std": None, "sem": None, "values": []}
+    mean = sum(vals) / n
+    if n > 1:
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+        sem = std / math.sqrt(n)
+    else:
+        std = sem = None
+    return {"n": n, "mean": mean, "std": std, "sem": sem, "values": vals}
+
+
+def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perplexity after adaptation",
+                    z: float = 2.0) -> dict[str, Any]:
+    """Does adapting from later checkpoints end worse than from an earlier one?
+
+    `points`: one per checkpoint, in pretraining order, each `{"label", "tokens", "values": [one per seed]}`
+    (lower is better). The best checkpoint is the one with the lowest mean; the curve "turns up" when a later
+    checkpoint ends worse than the best by more than `z` standard errors of the difference (SE from the spread
+    over seeds; with one seed there is no spread and the verdict says the evidence is a single run).
+    """
+    rows = []
+    for p in points:
+        s = summarize(p.get("values") or [])
+        if s["n"]:
+            rows.append({"label": p["label"], "tokens": p.get("tokens"), **s})
+    if not rows:
+        return {"verdict": "no results", "text": f"No {metric} to compare.", "u_shape": None}
+    best_i = min(range(len(rows)), key=lambda i: rows[i]["mean"])
+    best = rows[best_i]
+    last = rows[-1]
+    out: dict[str, Any] = {"metric": metric, "best": best["label"], "best_tokens": best["tokens"],
+                           "best_mean": best["mean"], "last": last["label"], "last_tokens": last["tokens"],
+                           "last_mean": last["mean"], "checkpoints": rows}
+    if best_i == len(rows) - 1:
+        out.update(u_shape=False, difference=0.0, difference_se=None,
+                   verdict="monotone", text=f"Adapting from the last checkpoint ({last['label']}) ends best "
+                   f"({metric} {last['mean']:.4g}): no sign that longer pretraining hurt adaptation.")
+        return out
+    diff = last["mean"] - best["mean"]
+    rel = diff / best["mean"] if best["mean"] else float("nan")
+    se = None
+    if best["sem"] is not None and last["sem"] is not None:
+        se = math.sqrt(best["sem"] ** 2 + last["sem"] ** 2)
+    later = rows[best_i + 1:]
+    worse_later = [r["label"] for r in later if r["mean"] > best["mean"]]
+    significant = se is not None and se > 0 and diff > z * se
+    out.update(difference=diff, relative_difference=rel, difference_se=se, later_worse=worse_later)
+    head = (f"Adapting from checkpoint {best['label']}"
+            + (f" ({_tokens_text(best['tokens'])} tokens)" if best["tokens"] is not None else "")
+            + f" ends best ({metric} {best['mean']:.4g}); the last checkpoint {last['label']} ends worse by "
+            f"{diff:.4g} ({100 * rel:+.1f}%)")
+    if se is None:
+        out.update(u_shape=None, verdict="u-shape (one seed)",
+                   text=head + ", from a single seed: no spread to judge whether this is more than noise.")
+    elif significant:
+        out.update(u_shape=True, verdict="u-shape",
+                   text=head + f", {diff / se:.1f} standard errors of the difference (SE {se:.3g} over "
+                   f"{best['n']} and {last['n']} seeds): later pretraining made adaptation end worse.")
+    else:
+        out.update(u_shape=False, verdict="within noise",
+                   text=head + f", but that is only {diff / se if se else 0:.1f} standard errors (SE {se:.3g}): "
+                   "within the spread over seeds, not evidence of a U-shape.")
+    return out
+
+
+def _tokens_text(tokens: int | float | None) -> str:
+    if tokens is None:
+        return "?"
+    t = float(tokens)
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if t >= div:
+            return f"{t / div:.3g}{unit}"
+    return f"{int(t)}"
