@@ -111,9 +111,9 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"nearest-mean probe: accuracy {result.accuracy:.4f} "
-                            f"({result.n_train} train, {result.n_test} test, {result.metric}, layer {layer})",
-                      title_justify="left")
+        typer.echo(f"nearest-mean probe: accuracy {result.accuracy:.4f} ({result.n_train} train, "
+                   f"{result.n_test} test, {result.metric}, layer {layer})")
+        table = Table()
         table.add_column("class")
         table.add_column("test accuracy", justify="right")
         for c, acc in result.per_class_accuracy.items():
