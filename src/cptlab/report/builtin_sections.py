@@ -143,8 +143,12 @@ def delta_heatmap_section(ctx: ReportContext) -> Section | None:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    per_run = defaultdict(set)
+    for p in pairs:
+        per_run[p["run"]].add((p["step"], p["model"]))
+
     def row_label(p):
-        return p["run"] if (p["step"], p["model"]) == ("eval", "model") else f"{p['run']} ({p['step']}/{p['model']})"
+        return p["run"] if len(per_run[p["run"]]) == 1 else f"{p['run']} ({p['step']}/{p['model']})"
 
     rows = list(dict.fromkeys(row_label(p) for p in pairs))
     cols = list(dict.fromkeys(p["domain"] for p in pairs))
@@ -161,7 +165,9 @@ def delta_heatmap_section(ctx: ReportContext) -> Section | None:
     for i in range(len(rows)):
         for j in range(len(cols)):
             if np.isfinite(grid[i, j]):
-                ax.text(j, i, ctx.fmt(float(grid[i, j]), 1), ha="center", va="center", fontsize=8)
+                dark = abs(grid[i, j]) > 0.6 * limit
+                ax.text(j, i, ctx.fmt(float(grid[i, j]), 1), ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
     cbar = fig.colorbar(im, ax=ax)
     cbar.set_label("Δ token perplexity (%)")
     html = ctx.figure(fig, "delta-heatmap", "Relative change of token perplexity after vs. before, per domain "

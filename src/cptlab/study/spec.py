@@ -76,6 +76,7 @@ class StudySpec(StrictModel):
     baseline: BaselineSpec | None = None
     steps: list[dict[str, Any]] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)
+    executor: dict[str, Any] = Field(default_factory=dict)  # {slurm: {...submitit parameters}}; not hashed
 
 
 @dataclass

@@ -25,13 +25,15 @@ transaction when the whole run has succeeded.
 `get_step_kind("my-probe")` imports `cptlab.study.step_my_probe` on first use. `options` (a StrictModel) is
 checked when the study is expanded (unknown keys, and types where no run-time placeholder is left) and fully at
 run time. Built-in kinds: `train` (cptlab.train.run) and `eval` (cptlab.evaluate.perplexity), in
-`cptlab.study.builtin_steps`.
+`cptlab.study.builtin_steps`. Step kinds kept outside the package are imported from the modules named in the
+environment variable `CPTLAB_PLUGINS` (comma-separated), e.g. `CPTLAB_PLUGINS=my_lab.steps cptlab study run ...`.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -217,6 +219,9 @@ def _load_builtins() -> None:
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
         importlib.import_module("cptlab.study.builtin_steps")
+        # Step kinds outside the cptlab package: modules named by the user's environment (never by a study file).
+        for module in filter(None, (m.strip() for m in os.environ.get("CPTLAB_PLUGINS", "").split(","))):
+            importlib.import_module(module)
 
 
 def get_step_kind(name: str, where: str = "kind") -> StepKind:
