@@ -1,0 +1,139 @@
+"""Report section `checkpoint-sweep`: target and general perplexity vs pretraining tokens, before and after adapting
+each checkpoint; the checkpoint that ends best and the U-shape verdict (cptlab.diagnose.checkpoint_series).
+
+Reads the evaluations of a `checkpoint-sweep` study: baseline runs (`before-<checkpoint>`, axes {checkpoint}) and
+adaptation runs (axes {checkpoint, lr, seed}); the checkpoint axis value carries `tokens` and `parameters`.
+A group's perplexity is the geometric mean over its domains (target or general) of the token perplexity.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from typing import Any
+
+from cptlab.diagnose.checkpoint_series import summarize, u_shape_verdict
+from cptlab.report.sections import ReportContext, Section, register_section
+
+
+def sweep_table(ctx: ReportContext) -> dict[str, Any] | None:
+    """{checkpoints: [{name, tokens, parameters}], lrs, before: {ckpt: {group: ppl}},
+    after: {(ckpt, lr): {group: [ppl per seed]}}, target, general}; None when the study has no sweep."""
+    rows = ctx.db.execute(
+        "SELECT e.run, e.domain, e.token_perplexity, r.role, r.axes, r.config FROM evaluations e "
+        "JOIN runs r ON r.name = e.run WHERE r.status = 'done' ORDER BY r.position, e.run, e.domain").fetchall()
+    checkpoints: dict[str, dict[str, Any]] = {}
+    target: list[str] = []
+    general: list[str] = []
+    per_run: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        axes = json.loads(r["axes"] or "{}")
+        ck = axes.get("checkpoint")
+        if not isinstance(ck, dict) or "name" not in ck:
+            continue
+        meta = json.loads(r["config"] or "{}").get("meta") or {}
+        target = target or list(meta.get("target") or [])
+        general = general or list(meta.get("general") or [])
+        checkpoints.setdefault(ck["name"], ck)
+        entry = per_run.setdefault(r["run"], {"role": r["role"], "ck": ck["name"], "lr": axes.get("lr"),
+                                              "seed": axes.get("seed"), "ppl": {}})
+        entry["ppl"][r["domain"]] = r["token_perplexity"]
+    if not per_run or not target:
+        return None
+    groups = {"target": target, "general": general}
+
+    def group_ppl(ppl: dict[str, float], domains: list[str]) -> float | None:
+        vals = [ppl.get(d) for d in domains]
+        if not vals or any(v is None or v <= 0 for v in vals):
+            return None
+        return math.exp(sum(math.log(v) for v in vals) / len(vals))
+
+    before: dict[str, dict[str, float | None]] = {}
+    after: dict[tuple[str, float], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for e in per_run.values():
+        g = {name: group_ppl(e["ppl"], doms) for name, doms in groups.items() if doms}
+        if e["role"] == "baseline":
+            before[e["ck"]] = g
+        else:
+            for name, v in g.items():
+                if v is not None:
+                    after[(e["ck"], e["lr"])][name].append(v)
+    order = sorted(checkpoints.values(), key=lambda c: (c.get("tokens") is None, c.get("tokens") or 0))
+    lrs = sorted({lr for (_, lr) in after if lr is not None})
+    return {"checkpoints": order, "lrs": lrs, "before": before, "after": after, "target": target,
+            "general": general}
+
+
+def verdicts(t: dict[str, Any]) -> dict[tuple[str, float], dict[str, Any]]:
+    out = {}
+    for group in ("target", "general"):
+        if group == "general" and not t["general"]:
+            continue
+        for lr in t["lrs"]:
+            pts = [{"label": c["name"], "tokens": c.get("tokens"),
+                    "values": t["after"].get((c["name"], lr), {}).get(group, [])} for c in t["checkpoints"]]
+            out[(group, lr)] = u_shape_verdict(pts, metric=f"{group} perplexity after adaptation at lr {lr:g}")
+    return out
+
+
+def checkpoint_sweep_section(ctx: ReportContext) -> Section | None:
+    t = sweep_table(ctx)
+    if t is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cks = t["checkpoints"]
+    have_tokens = all(c.get("tokens") for c in cks)
+    xs = [float(c["tokens"]) if have_tokens else float(i) for i, c in enumerate(cks)]
+    groups = ["target"] + (["general"] if t["general"] else [])
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.0 * len(groups), 4.0), squeeze=False)
+    for ax, group in zip(axes[0], groups):
+        b = [t["before"].get(c["name"], {}).get(group) for c in cks]
+        pts = [(x, v) for x, v in zip(xs, b) if v is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "k--o", label="before adaptation")
+        for j, lr in enumerate(t["lrs"]):
+            stats = [summarize(t["after"].get((c["name"], lr), {}).get(group, [])) for c in cks]
+            pts = [(x, s["mean"], s["sem"] or 0) for x, s in zip(xs, stats) if s["n"]]
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                            capsize=3, color=plt.get_cmap("tab10")(j), label=f"after, lr {lr:g}")
+        if have_tokens:
+            ax.set_xscale("log")
+        ax.set_xlabel("pretraining tokens of the starting checkpoint (log scale)" if have_tokens
+                      else "starting checkpoint (index)")
+        doms = ", ".join(t[group])
+        ax.set_ylabel(f"{group} perplexity (geo. mean of {doms}; token PPL)")
+        ax.set_title(f"{group}: {doms}", fontsize=9)
+        ax.legend(fontsize=7)
+    html = [
+        "<p>Each checkpoint of the pretraining run was adapted with the same recipe; perplexity on the target "
+        f"domain(s) ({ctx.escape(', '.join(t['target']))}) and on the general domain(s) "
+        f"({ctx.escape(', '.join(t['general']) or 'none given')}) before and after. Error bars: standard error over "
+        "seeds. A later checkpoint that ends worse than an earlier one is the signature of catastrophic "
+        "overtraining (arXiv 2503.19206).</p>",
+        ctx.figure(fig, "checkpoint-sweep", "Perplexity vs pretraining tokens, before and after adaptation"),
+    ]
+    for (group, lr), v in verdicts(t).items():
+        html.append(f"<p class=\"verdict\"><b>{ctx.escape(group)}, lr {lr:g}:</b> {ctx.escape(v['text'])}</p>")
+    cols = ["checkpoint", "tokens seen", "parameters", "tokens / parameter", "lr", "seeds", "target PPL before",
+            "target PPL after", "± SE", "general PPL before", "general PPL after", "± SE"]
+    rows = []
+    for c in cks:
+        params = c.get("parameters")
+        tpp = c["tokens"] / params if c.get("tokens") is not None and params else None
+        for lr in t["lrs"]:
+            a = t["after"].get((c["name"], lr), {})
+            st, sg = summarize(a.get("target", [])), summarize(a.get("general", []))
+            b = t["before"].get(c["name"], {})
+            rows.append([c["name"], c.get("tokens"), params, tpp, lr, st["n"], b.get("target"), st["mean"],
+                         st["sem"], b.get("general"), sg["mean"], sg["sem"]])
+    html.append(ctx.table(cols, rows))
+    return Section("Adapting each pretraining checkpoint (checkpoint sweep)", "\n".join(html))
+
+
+register_section("checkpoint-sweep", checkpoint_sweep_section)
