@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -204,3 +206,54 @@ def test_lora_model_snapshot_merges_adapters():
 def test_bad_configs_name_the_field(cfg, msg):
     with pytest.raises(CptlabError, match=msg):
         build_regularizer(cfg, _model())
+
+
+def test_reference_model_given_as_dir_is_the_base(tiny_model_dir):
+    from cptlab.model import load_model
+
+    model = load_model(tiny_model_dir)
+    with torch.no_grad():  # e.g. a resumed run: the model is not the base any more
+        model.model.embed_tokens.weight.add_(0.1)
+    reg = build_regularizer({"kind": "kl"}, model, reference_model=tiny_model_dir)
+    base = load_model(tiny_model_dir)
+    assert torch.equal(reg.ref_model.model.embed_tokens.weight, base.model.embed_tokens.weight)
+    assert not any(p.requires_grad for p in reg.ref_model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# With the trainer
+
+def _train(tmp_path, name, tiny_corpus, tiny_model_dir, regularizer=None, steps=3):
+    import cptlab.train as train
+
+    cfg = {"model": {"name": str(tiny_model_dir)}, "out_dir": str(tmp_path / name), "max_steps": steps,
+           "data": {"corpus": str(tiny_corpus), "cache_dir": str(tmp_path / "cache"), "sources": {"code": 1.0},
+                    "seq_len": 32},
+           "batch_size": 2, "optimizer": {"lr": 3e-3}, "schedule": {"kind": "constant"}, "seed": 0,
+           "eval": {"at_end": False}, "checkpoint": {"at_end": False}, "tensorboard": False, "quiet": True,
+           "loss_chunk": 16}
+    if regularizer is not None:
+        cfg["regularizer"] = regularizer
+    result = train.run(cfg)
+    rows = [json.loads(line) for line in Path(result.metrics_path).read_text().splitlines() if line.strip()]
+    return result, [r for r in rows if "loss" in r and r.get("split") is None]
+
+
+def test_trainer_weight_zero_is_bit_identical_and_kl_starts_at_zero(tmp_path, tiny_corpus, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    plain, plain_rows = _train(tmp_path, "plain", tiny_corpus, tiny_model_dir)
+    zero, zero_rows = _train(tmp_path, "zero", tiny_corpus, tiny_model_dir, {"kind": "lssd", "weight": 0.0})
+    assert [r["loss"] for r in plain_rows] == [r["loss"] for r in zero_rows]
+    a = load_file(str(Path(plain.final_dir) / "model.safetensors"))
+    b = load_file(str(Path(zero.final_dir) / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # KL to the frozen base: the model is the base at step 1, so the first regularizer loss is 0; it grows.
+    kl, kl_rows = _train(tmp_path, "kl", tiny_corpus, tiny_model_dir, {"kind": "kl", "weight": 1.0})
+    assert abs(kl_rows[0]["reg_loss"]) < 1e-5
+    assert kl_rows[-1]["reg_loss"] > 1e-4
+    # Its gradient is 0 at step 1 too (the update equals plain training's); from step 2 on it pulls back.
+    assert kl_rows[1]["loss"] == pytest.approx(plain_rows[1]["loss"], abs=1e-6)
+    assert kl_rows[2]["loss"] != plain_rows[2]["loss"]
+    c = load_file(str(Path(kl.final_dir) / "model.safetensors"))
+    assert any(not torch.equal(a[k], c[k]) for k in a)

@@ -32,6 +32,7 @@ a ``[B, T, V]`` tensor of the reference is never materialised.
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,8 +160,9 @@ class Regularizer:
             kwargs["position_ids"] = position_ids
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
+        decoder = self.ref_model.get_decoder() if hasattr(self.ref_model, "get_decoder") else None
         with torch.no_grad():
-            out = self.ref_model.base_model(**kwargs)
+            out = (decoder if decoder is not None else self.ref_model.base_model)(**kwargs)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     def reference_logits(self, ref_hidden):
@@ -207,10 +209,12 @@ class Regularizer:
         return torch.where(valid, per_token, torch.zeros((), dtype=per_token.dtype, device=per_token.device)).sum()
 
 
-def build_regularizer(cfg, model) -> Regularizer:
+def build_regularizer(cfg, model, reference_model=None) -> Regularizer:
     """A `Regularizer` from a `RegularizerConfig` (or a dict with its fields); call before the first step.
 
-    reference="base" snapshots the model now, frozen, in `reference_precision`.
+    reference="base" snapshots the model now, frozen, in `reference_precision`. When the model passed is not the
+    base any more (a resumed run: its weights come from the checkpoint), pass the base as `reference_model`
+    (a loaded model or an HF dir) and the snapshot is taken from it instead.
     """
     import torch
 
@@ -235,5 +239,18 @@ def build_regularizer(cfg, model) -> Regularizer:
                           "use reference 'base', or kind 'lssd' (whose swapped target differs from the model)")
     ref_model = None
     if reference == "base":
-        ref_model = snapshot_model(model, getattr(torch, PRECISIONS[precision]))
+        dtype = getattr(torch, PRECISIONS[precision])
+        if reference_model is None:
+            ref_model = snapshot_model(model, dtype)
+        elif isinstance(reference_model, (str, os.PathLike)):
+            from cptlab.model import load_model
+
+            ref_model = load_model(reference_model, dtype=precision)
+            ref_model.requires_grad_(False)
+            ref_model.eval()
+            first = next(_unwrap(model).parameters(), None)
+            if first is not None:
+                ref_model.to(first.device)
+        else:
+            ref_model = snapshot_model(reference_model, dtype)
     return Regularizer(kind=kind, weight=weight, reference=reference, temperature=temperature, ref_model=ref_model)
