@@ -67,6 +67,8 @@ def register(app: typer.Typer) -> None:
 
 def print_table(result: dict) -> None:
     """Δ log-perplexity (mean ± standard error over seeds) per checkpoint and γ, on stdout."""
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
@@ -86,5 +88,5 @@ def print_table(result: dict) -> None:
             cells.append(f"{d['mean']:+.4f}" + (f" ± {d['sem']:.4f}" if d["sem"] is not None else ""))
         tpp = m.get("tokens_per_parameter")
         t.add_row(m["label"], "?" if m.get("tokens") is None else f"{m['tokens']:,}",
-                  "?" if tpp is None else f"{tpp:.1f}", f"{m['base']['ppl']:.2f}", *cells)
-    Console().print(t)
+                  "?" if tpp is None else f"{tpp:.3g}", f"{m['base']['ppl']:.2f}", *cells)
+    Console(width=None if sys.stdout.isatty() else 60 + 22 * len(s["gammas"])).print(t)

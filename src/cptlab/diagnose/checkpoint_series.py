@@ -3,8 +3,8 @@
 Where a checkpoint's "tokens seen" comes from, in order:
   1. given explicitly (`--tokens` on the command line, `tokens:` in a study);
   2. the checkpoint's training state: any JSON file in `<ckpt>/state/` (or, for a model dir `<ckpt>/model`, in its
-     sibling `state/`) with a top-level or one-level-nested key `tokens_seen`, `tokens` or `num_tokens`
-     (the trainer writes its token count there);
+     sibling `state/`; the trainer writes `state/trainer.json`), else the model dir's `cptlab_train.json`, with a
+     top-level or one-level-nested key `tokens_seen`, `tokens`, `num_tokens` or `train_tokens`;
   3. none: the series is then ordered as given and the report says the token counts are unknown.
 
 `checkpoints/step-XXXXXXXX/` dirs without a `COMPLETE` marker (a save cut by a kill) are skipped.
@@ -74,8 +74,11 @@ def _find_tokens(data: Any, depth: int = 0) -> int | None:
 def read_tokens_seen(path: str | Path) -> tuple[int | None, str | None]:
     """(tokens seen, the file it came from) from a checkpoint's training state; (None, None) if not found."""
     p = Path(path).expanduser()
-    for d in _state_dirs(p, model_dir_of(p)):
-        for f in sorted(d.glob("*.json")):
+    model_dir = model_dir_of(p)
+    files = [f for d in _state_dirs(p, model_dir) for f in sorted(d.glob("*.json"))]
+    files.append(model_dir / "cptlab_train.json")  # the trainer's note beside the weights (final/ has one)
+    for f in files:
+        if f.is_file():
             try:
                 data = json.loads(f.read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -223,7 +226,7 @@ def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perp
     if best_i == len(rows) - 1:
         out.update(u_shape=False, difference=0.0, difference_se=None,
                    verdict="monotone", text=f"Adapting from the last checkpoint ({last['label']}) ends best "
-                   f"({metric} {last['mean']:.4g}): no sign that longer pretraining hurt adaptation.")
+                   f"({metric}: {last['mean']:.4g}); no sign that longer pretraining hurt adaptation.")
         return out
     diff = last["mean"] - best["mean"]
     rel = diff / best["mean"] if best["mean"] else float("nan")
@@ -235,8 +238,8 @@ def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perp
     significant = se is not None and se > 0 and diff > z * se
     out.update(difference=diff, relative_difference=rel, difference_se=se, later_worse=worse_later)
     head = (f"Adapting from checkpoint {best['label']}"
-            + (f" ({_tokens_text(best['tokens'])} tokens)" if best["tokens"] is not None else "")
-            + f" ends best ({metric} {best['mean']:.4g}); the last checkpoint {last['label']} ends worse by "
+            + (f" ({tokens_text(best['tokens'])} tokens)" if best["tokens"] is not None else "")
+            + f" ends best ({metric}: {best['mean']:.4g}); the last checkpoint {last['label']} ends worse by "
             f"{diff:.4g} ({100 * rel:+.1f}%)")
     if se is None:
         out.update(u_shape=None, verdict="u-shape (one seed)",
@@ -252,7 +255,7 @@ def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perp
     return out
 
 
-def _tokens_text(tokens: int | float | None) -> str:
+def tokens_text(tokens: int | float | None) -> str:
     if tokens is None:
         return "?"
     t = float(tokens)
@@ -260,3 +263,33 @@ def _tokens_text(tokens: int | float | None) -> str:
         if t >= div:
             return f"{t / div:.3g}{unit}"
     return f"{int(t)}"
+
+
+def parameters_in_dir(model_dir: str | Path) -> int | None:
+    """Parameter count of an HF dir from its safetensors headers (no weights loaded; tied weights stored once)."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return None
+    try:
+        from safetensors import safe_open
+
+        total = 0
+        for f in files:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():
+                    n = 1
+                    for d in st.get_slice(key).get_shape():
+                        n *= int(d)
+                    total += n
+        return total
+    except Exception:  # an unreadable header: the count is only informative
+        return None
+
+
+def token_ticks(ax, xs: Sequence[float]) -> None:
+    """Log-scale x axis with one labelled tick per checkpoint (e.g. "40.9k"), no overlapping minor labels."""
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ticks = sorted(set(xs))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([tokens_text(t) for t in ticks], fontsize=8)

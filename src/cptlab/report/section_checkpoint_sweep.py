@@ -13,7 +13,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from cptlab.diagnose.checkpoint_series import summarize, u_shape_verdict
+from cptlab.diagnose.checkpoint_series import summarize, token_ticks, u_shape_verdict
 from cptlab.report.sections import ReportContext, Section, register_section
 
 
@@ -103,7 +103,7 @@ def checkpoint_sweep_section(ctx: ReportContext) -> Section | None:
                 ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
                             capsize=3, color=plt.get_cmap("tab10")(j), label=f"after, lr {lr:g}")
         if have_tokens:
-            ax.set_xscale("log")
+            token_ticks(ax, xs)
         ax.set_xlabel("pretraining tokens of the starting checkpoint (log scale)" if have_tokens
                       else "starting checkpoint (index)")
         doms = ", ".join(t[group])

@@ -11,6 +11,7 @@ import json
 import math
 from typing import Any
 
+from cptlab.diagnose.checkpoint_series import token_ticks
 from cptlab.report.sections import ReportContext, Section, register_section
 
 
@@ -139,7 +140,7 @@ def sensitivity_section(ctx: ReportContext) -> Section | None:
                 ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
                             capsize=3, color=plt.get_cmap("plasma")(j / max(1, len(gammas) - 1)), label=f"γ={g:g}")
         if logx:
-            ax.set_xscale("log")
+            token_ticks(ax, xs)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("Δ log-perplexity (nats per token)")
         ax.legend(fontsize=7)
