@@ -38,12 +38,17 @@ def train_step(step: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     """Continued pretraining with cptlab.train.run; the step dir is the trainer's out_dir."""
     import cptlab.train as train
     from cptlab.config import apply_overrides, read_yaml
+    from cptlab.console import is_quiet
 
     config: dict[str, Any] = read_yaml(step["config_file"]) if step.get("config_file") else {}
     config = _deep_merge(config, step.get("config") or {})
     config = apply_overrides(config, step.get("overrides"))
     config.setdefault("out_dir", str(ctx.step_dir))
     config.setdefault("seed", ctx.seed)
+    # A redone run (killed, or failed in a later step) continues from its newest complete checkpoint; a
+    # killed run with none starts afresh (the trainer clears it). A finished one is not trained again.
+    config.setdefault("resume", True)
+    config.setdefault("quiet", is_quiet() or ctx.rank != 0)
     result = train.run(config)
     metrics_path = Path(getattr(result, "metrics_path", None) or Path(config["out_dir"]) / "metrics.jsonl")
     ctx.add_metrics_jsonl(metrics_path)
@@ -82,7 +87,7 @@ class EvalStep(StrictModel):
     stride: int | None = None
     mode: Literal["lm-eval", "m2d2"] = "lm-eval"
     batch_size: int | Literal["auto"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: str = "fp32"  # checked by the evaluator (fp32, bf16)
     max_documents: int | None = None
     token_losses: bool = True
     device: str | None = None

@@ -144,8 +144,9 @@ def _lookup(variables: dict[str, Any], expr: str, where: str) -> Any:
 
 def substitute(value: Any, variables: dict[str, Any], where: str, deferred: frozenset[str] = RUNTIME_ROOTS) -> Any:
     """Fill `${...}` placeholders in strings, recursively in dicts/lists; `deferred` roots are left as they are."""
-    if isinstance(value, dict):
-        return {k: substitute(v, variables, f"{where}.{k}", deferred) for k, v in value.items()}
+    if isinstance(value, dict):  # keys too (e.g. `sources: {"${domain}": 1.0}`); a key stays a string
+        return {(_scalar_text(substitute(k, variables, f"{where}.{k}", deferred)) if isinstance(k, str) else k):
+                substitute(v, variables, f"{where}.{k}", deferred) for k, v in value.items()}
     if isinstance(value, list):
         return [substitute(v, variables, f"{where}[{i}]", deferred) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
@@ -172,7 +173,7 @@ def substitute(value: Any, variables: dict[str, Any], where: str, deferred: froz
 
 def has_runtime_placeholder(value: Any) -> bool:
     if isinstance(value, dict):
-        return any(has_runtime_placeholder(v) for v in value.values())
+        return any(has_runtime_placeholder(k) or has_runtime_placeholder(v) for k, v in value.items())
     if isinstance(value, list):
         return any(has_runtime_placeholder(v) for v in value)
     return isinstance(value, str) and any(m.group(1).split(".")[0].strip() in RUNTIME_ROOTS

@@ -82,7 +82,11 @@ class StepContext:
         self.record.metrics.append((self.step_name, int(step), str(key), v))
 
     def add_metrics_jsonl(self, path: str | Path, step_key: str = "step") -> int:
-        """Every numeric field of every line of a metrics.jsonl (lines need a `step`); returns points added."""
+        """Every numeric field of every record of a trainer's metrics.jsonl; returns the points added.
+
+        Train records give their keys as they are (`loss`, `lr`, `grad_norm`; nested dicts as
+        `tokens_by_source/<source>`); eval records (those with a `domain`) give `<split>_<key>/<domain>`,
+        e.g. `valid_loss/code`. A torn last line (a killed writer) is ignored."""
         import json
 
         n = 0
@@ -90,18 +94,25 @@ class StepContext:
         if not path.is_file():
             return 0
         for line in path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut by a kill: the trainer rewrites it on resume
-            if not isinstance(row, dict) or step_key not in row:
                 continue
+            if not isinstance(row, dict) or not isinstance(row.get(step_key), (int, float)):
+                continue
+            step = int(row[step_key])
+            domain = row.get("domain")
+            prefix = f"{row.get('split', 'eval')}_" if isinstance(domain, str) else ""
+            suffix = f"/{domain}" if isinstance(domain, str) else ""
             for key, value in row.items():
-                if key != step_key and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.add_metric(int(row[step_key]), key, value)
-                    n += 1
+                if key in (step_key, "domain", "split"):
+                    continue
+                items = value.items() if isinstance(value, dict) else [(None, value)]
+                for sub, v in items:
+                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                        name = f"{prefix}{key}" + (f"/{sub}" if sub is not None else "") + suffix
+                        self.add_metric(step, name, v)
+                        n += 1
         return n
 
     def add_evaluation(self, model_label: str, eval_dict: dict[str, Any],
