@@ -7,13 +7,8 @@ with D = 0 (the base model before training) is not a point of the law.
 Optional per-point columns `k1`, `k2` feed the cross-domain form (`mixlaw_fit`): k1 is the domain's validation
 loss before continued pretraining, k2 its early rate of loss decline (`domain_coefficients`).
 
-A `mixture-grid` study records, per run, one diagnostic of kind ``mixlaw-points`` (written by the step kind in
-`cptlab.study.kind_mixture_grid`):
-
-    {"r": 0.33, "N": 1.2e6, "domain": "code", "general": ["prose"], "split": "valid", "k1": 6.1, "k2": 0.21,
-     "points": [{"step": 10, "tokens": 20480, "general_loss": 5.2, "domain_loss": 4.9}, ...]}
-
-`points_from_study` reads those (runs whose status is ``done``) for the general or the domain loss.
+`points_from_study` reads a `mixture-grid` study's results database: each finished run's domain ratio (from its
+config's meta) and the validation losses its train step recorded during training (see the section below).
 """
 
 from __future__ import annotations
@@ -30,7 +25,6 @@ import numpy as np
 from cptlab.errors import CptlabError
 
 REQUIRED_COLUMNS = ("N", "D", "r", "loss")
-DIAGNOSTIC_KIND = "mixlaw-points"
 TARGET_KEYS = {"general": "general_loss", "domain": "domain_loss"}
 
 
@@ -190,73 +184,77 @@ def domain_coefficients(tokens, losses, early_tokens: float | None = None) -> tu
     return k1, k2
 
 
-def points_from_metrics(metrics_path: str | Path, domain: str, general: list[str], split: str = "valid"
-                        ) -> tuple[list[dict], dict]:
-    """Per evaluation step of a trainer's metrics.jsonl: {step, tokens, general_loss, domain_loss}.
-
-    Training lines carry `step` and `tokens` (cumulative); eval lines `step`, `split`, `domain`, `loss` (and
-    `tokens` when the trainer writes it; otherwise it is read, or interpolated, from the training lines; step 0
-    without a training line is the base model, 0 tokens). The general loss is the mean over the `general`
-    domains. Returns (points, info) with info counting lines skipped."""
-    path = Path(metrics_path)
-    if not path.is_file():
-        raise CptlabError(f"{path}: metrics file not found")
-    step_tokens: dict[int, float] = {}
-    evals: dict[int, dict[str, float]] = {}
-    eval_tokens: dict[int, float] = {}
-    bad_lines = 0
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            bad_lines += 1
-            continue
-        if not isinstance(row, dict) or "step" not in row:
-            continue
-        step = int(row["step"])
-        if "split" in row and "domain" in row:
-            if str(row["split"]) != split or row.get("loss") is None:
-                continue
-            evals.setdefault(step, {})[str(row["domain"])] = float(row["loss"])
-            if isinstance(row.get("tokens"), (int, float)):
-                eval_tokens[step] = float(row["tokens"])
-        elif isinstance(row.get("tokens"), (int, float)):
-            step_tokens[step] = float(row["tokens"])
-    if not evals:
-        raise CptlabError(f"{path}: no eval records of split {split!r} (lines with step, split, domain, loss); "
-                          f"set the train config's eval interval and evaluate the {split} split")
+def _points_by_step(step_tokens: dict[int, float], evals: dict[int, dict[str, float]], domain: str,
+                    general: list[str], where: str) -> list[dict]:
+    """Per evaluated step: {step, tokens (training tokens so far), general_loss, domain_loss}."""
     seen = sorted({d for v in evals.values() for d in v})
     for name in [domain, *general]:
         if name not in seen:
-            raise CptlabError(f"{path}: no eval records for domain {name!r} (split {split!r}; domains evaluated: "
-                              f"{', '.join(seen)})")
+            raise CptlabError(f"{where}: no eval records for domain {name!r} (domains evaluated: "
+                              f"{', '.join(seen) or 'none'}); list it in the train config's eval.domains")
     known = sorted(step_tokens.items())
     ks = np.array([0.0] + [float(s) for s, _ in known])
     kt = np.array([0.0] + [t for _, t in known])
     out = []
     for step in sorted(evals):
         losses = evals[step]
-        if step in eval_tokens:
-            tokens = eval_tokens[step]
-        elif step in step_tokens:
+        if step in step_tokens:
             tokens = step_tokens[step]
         elif step == 0:
-            tokens = 0.0
-        elif len(known):
-            if step > ks[-1]:  # past the last training line: extrapolate at the last tokens per step
-                tokens = kt[-1] / ks[-1] * step
-            else:
-                tokens = float(np.interp(step, ks, kt))
+            tokens = 0.0  # an evaluation before training: the base model
+        elif known and step <= ks[-1]:
+            tokens = float(np.interp(step, ks, kt))
+        elif known:  # past the last training record: the last tokens per step
+            tokens = kt[-1] / ks[-1] * step
         else:
-            raise CptlabError(f"{path}: eval at step {step} but no training line gives tokens")
+            raise CptlabError(f"{where}: eval at step {step} but no training record gives its tokens")
         g = [losses.get(d) for d in general]
         out.append({"step": step, "tokens": tokens,
-                    "general_loss": float(np.mean(g)) if all(v is not None for v in g) else None,
+                    "general_loss": float(np.mean(g)) if g and all(v is not None for v in g) else None,
                     "domain_loss": losses.get(domain)})
-    return out, {"bad_lines": bad_lines}
+    return out
 
+
+def points_from_metrics(metrics_path: str | Path, domain: str, general: list[str], split: str = "valid"
+                        ) -> list[dict]:
+    """Per evaluation of a trainer's metrics.jsonl: {step, tokens, general_loss, domain_loss}.
+
+    Training records carry `step` and `tokens` (cumulative training tokens); eval records `step`, `split`,
+    `domain`, `loss` (their `tokens` is the number of tokens evaluated, not trained, and is not used). The general
+    loss is the mean over the `general` domains. A torn line (a killed writer) is skipped."""
+    path = Path(metrics_path)
+    if not path.is_file():
+        raise CptlabError(f"{path}: metrics file not found")
+    step_tokens: dict[int, float] = {}
+    evals: dict[int, dict[str, float]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)):
+            continue
+        step = int(row["step"])
+        if isinstance(row.get("domain"), str):
+            if str(row.get("split")) == split and isinstance(row.get("loss"), (int, float)):
+                evals.setdefault(step, {})[row["domain"]] = float(row["loss"])
+        elif isinstance(row.get("tokens"), (int, float)):
+            step_tokens[step] = float(row["tokens"])
+    if not evals:
+        raise CptlabError(f"{path}: no eval records of split {split!r} (lines with step, split, domain, loss); "
+                          f"set the train config's eval.interval and eval.split")
+    return _points_by_step(step_tokens, evals, domain, general, str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# From a study's results database.
+#
+# A `mixture-grid` run carries in its config's `meta` (cptlab.study.kind_mixture_grid):
+#   {"mixlaw": {"r": 0.33, "domain": "code", "general": ["prose"], "split": "valid", "train_step": "train",
+#               "N": 1234567 or null}}
+# and its train step records the trainer's metrics.jsonl in the `metrics` table (StepContext.add_metrics_jsonl):
+# `tokens` per training step and `<split>_loss/<domain>` per evaluation. N, when the meta has none, is counted
+# from the safetensors headers of the train step's `final_dir`.
 
 def study_db_path(study_dir: str | Path) -> Path:
     p = Path(study_dir)
@@ -266,61 +264,98 @@ def study_db_path(study_dir: str | Path) -> Path:
     return db
 
 
-def diagnostics_from_db(conn: sqlite3.Connection) -> list[tuple[str, dict]]:
-    """(run name, mixlaw-points result) of every finished run, in run order."""
-    rows = conn.execute(
-        "SELECT d.run, d.result FROM diagnostics d JOIN runs r ON r.name = d.run "
-        "WHERE d.kind = ? AND r.status = 'done' ORDER BY r.position, r.name", (DIAGNOSTIC_KIND,)).fetchall()
-    return [(row[0], json.loads(row[1])) for row in rows]
+def mixture_runs(conn: sqlite3.Connection, study_dir: str | Path) -> list[dict]:
+    """Every finished mixture-grid run: {run, r, N, domain, general, split, points: [...]}, in run order."""
+    out = []
+    runs = conn.execute("SELECT name, config FROM runs WHERE status = 'done' ORDER BY position, name").fetchall()
+    for name, config in runs:
+        meta = (json.loads(config).get("meta") or {}).get("mixlaw")
+        if not meta:
+            continue
+        where = f"{study_dir}: run {name}"
+        step_name = meta.get("train_step", "train")
+        step_tokens, evals = {}, {}
+        prefix = f"{meta.get('split', 'valid')}_loss/"
+        for step, key, value in conn.execute(
+                "SELECT step, key, value FROM metrics WHERE run = ? AND step_name = ? AND (key = 'tokens' OR "
+                "key LIKE ?)", (name, step_name, prefix + "%")):
+            if value is None or not (key == "tokens" or key.startswith(prefix)):
+                continue  # (LIKE's `_` matches any character)
+            if key == "tokens":
+                step_tokens[int(step)] = float(value)
+            else:
+                evals.setdefault(int(step), {})[key[len(prefix):]] = float(value)
+        if not evals:
+            raise CptlabError(f"{where}: step {step_name!r} recorded no {prefix}<domain> metrics (set the train "
+                              f"config's eval.interval so that validation loss is measured during training)")
+        N = meta.get("N")
+        if N is None:
+            N = _count_parameters(conn, name, step_name)
+        if N is None:
+            raise CptlabError(f"{where}: model size unknown (set options.n_params in the study, or keep the "
+                              f"trained model dir)")
+        points = _points_by_step(step_tokens, evals, meta["domain"], list(meta.get("general") or []), where)
+        out.append({"run": name, "r": float(meta["r"]), "N": float(N), "domain": meta["domain"],
+                    "general": meta.get("general"), "points": points})
+    return out
 
 
-def points_from_diagnostics(diags: list[tuple[str, dict]], target: str, source: str,
-                            with_k: bool = False) -> Points:
+def _count_parameters(conn: sqlite3.Connection, run: str, step_name: str) -> int | None:
+    row = conn.execute("SELECT result FROM steps WHERE run = ? AND name = ?", (run, step_name)).fetchone()
+    final_dir = json.loads(row[0]).get("final_dir") if row else None
+    if not final_dir:
+        return None
+    from cptlab.diagnose.checkpoint_series import parameters_in_dir
+
+    return parameters_in_dir(final_dir)
+
+
+def points_from_runs(runs: list[dict], target: str, source: str) -> Points:
+    """Points of one target from `mixture_runs` records (the base model, 0 tokens, is left out)."""
     key = TARGET_KEYS[target]
-    cols: dict[str, list[float]] = {c: [] for c in ("N", "D", "r", "loss", "k1", "k2")}
+    cols: dict[str, list[float]] = {c: [] for c in ("N", "D", "r", "loss")}
     where, group = [], []
-    for run, d in diags:
-        for p in d.get("points") or []:
+    for run in runs:
+        for p in run["points"]:
             if not p.get("tokens") or p.get(key) is None:
-                continue  # the base model (0 tokens), or this loss not evaluated at this step
-            cols["N"].append(float(d["N"]))
-            cols["D"].append(float(p["tokens"]))
-            cols["r"].append(float(d["r"]))
-            cols["loss"].append(float(p[key]))
-            cols["k1"].append(float(d.get("k1") or math.nan))
-            cols["k2"].append(float(d.get("k2") or 0.0))
-            where.append(f"{source}: run {run}, step {p.get('step')}")
-            group.append(run)
+                continue
+            for c, v in (("N", run["N"]), ("D", p["tokens"]), ("r", run["r"]), ("loss", p[key])):
+                cols[c].append(float(v))
+            where.append(f"{source}: run {run['run']}, step {p['step']}")
+            group.append(run["run"])
     if not where:
-        raise CptlabError(f"{source}: no {target}-loss points in the finished runs' {DIAGNOSTIC_KIND} records "
-                          f"({len(diags)} run(s) recorded)")
+        raise CptlabError(f"{source}: no {target}-loss points in {len(runs)} finished mixture-grid run(s)")
     arr = {c: np.array(v, dtype=np.float64) for c, v in cols.items()}
-    pts = Points(arr["N"], arr["D"], arr["r"], arr["loss"], where, source,
-                 k1=arr["k1"] if with_k else None, k2=arr["k2"] if with_k else None, group=group)
+    pts = Points(arr["N"], arr["D"], arr["r"], arr["loss"], where, source, group=group)
     validate_points(pts)
     return pts
 
 
-def points_from_study(study_dir: str | Path, target: str, with_k: bool = False) -> Points:
-    """Points (N, D, r, loss) of a study's results database: the `mixlaw-points` records of its finished runs."""
+def read_study_runs(study_dir: str | Path) -> list[dict]:
     db = study_db_path(study_dir)
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        try:
-            diags = diagnostics_from_db(conn)
-        except sqlite3.DatabaseError as e:
-            raise CptlabError(f"{db}: cannot read the results database ({e})") from None
+        runs = mixture_runs(conn, study_dir)
+    except sqlite3.DatabaseError as e:
+        raise CptlabError(f"{db}: cannot read the results database ({e})") from None
     finally:
         conn.close()
-    if not diags:
-        raise CptlabError(f"{study_dir}: no finished run recorded {DIAGNOSTIC_KIND} (is it a mixture-grid study, "
-                          f"and has `cptlab study run` finished some runs?)")
-    return points_from_diagnostics(diags, target, str(study_dir), with_k)
+    if not runs:
+        raise CptlabError(f"{study_dir}: no finished mixture-grid run (a study of kind mixture-grid records the "
+                          f"domain ratio of each run; has `cptlab study run` finished some?)")
+    return runs
+
+
+def points_from_study(study_dir: str | Path, target: str) -> Points:
+    """Points (N, D, r, loss) of a mixture-grid study's results database (its finished runs)."""
+    return points_from_runs(read_study_runs(study_dir), target, str(study_dir))
 
 
 def read_points(path: str | Path, target: str, need_k: bool = False) -> Points:
     """A CSV file, or a study directory (its `results.sqlite`)."""
     p = Path(path)
     if p.is_dir():
-        return points_from_study(p, target, with_k=need_k)
+        if need_k:
+            raise CptlabError(f"{path}: the cross-domain law reads k1, k2 from a CSV (columns N,D,r,loss,k1,k2)")
+        return points_from_study(p, target)
     return load_points(p, need_k=need_k)
