@@ -1,0 +1,212 @@
+"""The scoring engine: run windows through a causal LM in length-sorted batches and return per-token NLLs.
+
+Speed without changing the numbers:
+- windows of many documents are sorted by length and batched together (right padding, no attention mask:
+  a causal model never lets a real position see the padding to its right, exactly as lm-eval's HFLM does);
+- `batch_size="auto"` fills a token budget per batch (tuned for CPU; from free memory on CUDA) and halves it
+  on an out-of-memory error;
+- the output layer runs only on the scored positions, in row chunks, and only the target's log-probability
+  is kept (`logsumexp(logits) - logits[target]` in fp32): no full `[batch, length, vocab]` fp32 tensor;
+- `torch.inference_mode`, and optional bf16 autocast (`precision="bf16"`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cptlab.errors import UsageError
+from cptlab.evaluate.windows import Window
+
+# Model types whose causal-LM forward is exactly `output_embeddings(base_model(x).last_hidden_state)`.
+# For these the head runs only on scored positions; any other model goes through its own forward.
+PLAIN_HEAD_MODEL_TYPES = {
+    "llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox", "olmo", "olmo2", "phi3", "gemma", "smollm3",
+}
+_SCALED_LOGITS_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp32 weights; bf16/fp16 = autocast of the matmuls
+CPU_TOKEN_BUDGET = 4096  # tokens per forward on CPU: see BENCHMARKS.md ("Perplexity evaluation")
+HEAD_CHUNK_ELEMENTS = 1 << 21  # rows * vocab of fp32 logits alive at once (8 MB)
+
+
+@dataclass
+class Job:
+    """One window of one sequence: the model reads `seq[start:end]`, scores the last `n_pred` positions."""
+
+    seq: int
+    start: int
+    end: int
+    n_pred: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def parse_batch_size(batch_size) -> int | None:
+    """`"auto"` -> None; a positive int (or its string) -> int; anything else is a usage error."""
+    if batch_size is None or batch_size == "auto":
+        return None
+    try:
+        value = int(batch_size)
+    except (TypeError, ValueError):
+        raise UsageError(f"--batch-size {batch_size!r}: expected a positive integer or 'auto'") from None
+    if value < 1:
+        raise UsageError(f"--batch-size {batch_size}: expected a positive integer or 'auto'")
+    return value
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def split_head(model):
+    """(body, head) when the model's logits are plainly `head(body(x).last_hidden_state)`, else None."""
+    from transformers import PreTrainedModel
+
+    config = getattr(model, "config", None)
+    if not isinstance(model, PreTrainedModel) or config is None:
+        return None
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    if not type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+        return None
+    if any(getattr(config, a, None) not in (None, 1, 1.0) for a in _SCALED_LOGITS_ATTRS):
+        return None
+    body = getattr(model, model.base_model_prefix, None)
+    head = model.get_output_embeddings()
+    if body is None or head is None or body is model:
+        return None
+    return body, head
+
+
+class Scorer:
+    """Scores windows of token sequences with one model; reusable across calls (keeps its batch-size state)."""
+
+    def __init__(self, model, batch_size="auto", precision: str = "fp32", device=None,
+                 token_budget: int | None = None, use_head_split: bool = True):
+        import torch
+
+        self.model = model
+        self.model.eval()
+        self.fixed_batch = parse_batch_size(batch_size)
+        self.precision = check_precision(precision)
+        try:
+            param = next(model.parameters())
+        except StopIteration:
+            raise UsageError("model has no parameters") from None
+        self.device = torch.device(device) if device is not None else param.device
+        if param.device != self.device:
+            self.model.to(self.device)
+        self.split = split_head(model) if use_head_split else None
+        self.token_budget = token_budget or self._default_budget()
+        self.vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None \
+            else model.config.vocab_size
+        self.forwards = 0
+        self.tokens_read = 0
+
+    def _default_budget(self) -> int:
+        import torch
+
+        if self.device.type != "cuda":
+            return CPU_TOKEN_BUDGET
+        free, _total = torch.cuda.mem_get_info(self.device)
+        cfg = self.model.config
+        hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 1024)
+        ffn = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * hidden
+        per_token = 4 * (3 * ffn + 8 * hidden)  # the widest activations of one layer, fp32, with slack
+        return int(max(1024, min(1 << 20, 0.4 * free / per_token)))
+
+    def _rows_for(self, length: int) -> int:
+        if self.fixed_batch is not None:
+            return self.fixed_batch
+        return max(1, self.token_budget // max(1, length))
+
+    def score(self, seqs: list[np.ndarray], jobs: list[Job]) -> list[np.ndarray]:
+        """Per sequence, a float32 array of len(seq): NLL of `seq[k]` where scored, NaN elsewhere."""
+        out = [np.full(len(s), np.nan, dtype=np.float32) for s in seqs]
+        order = sorted(range(len(jobs)), key=lambda j: (-jobs[j].length, jobs[j].seq, jobs[j].start))
+        pos = 0
+        while pos < len(order):
+            rows = self._rows_for(jobs[order[pos]].length)
+            batch = [jobs[j] for j in order[pos:pos + rows]]
+            try:
+                nll = self._forward(seqs, batch)
+            except Exception as e:  # out of memory: halve the batch (auto mode) and retry
+                if not _is_oom(e) or len(batch) == 1 or self.fixed_batch is not None:
+                    raise
+                _free_cuda()
+                self.token_budget = max(1, (len(batch) // 2) * batch[0].length)
+                continue
+            offset = 0
+            for job in batch:
+                first = job.end - job.n_pred + 1
+                out[job.seq][first:job.end + 1] = nll[offset:offset + job.n_pred]
+                offset += job.n_pred
+            pos += len(batch)
+        return out
+
+    def _forward(self, seqs: list[np.ndarray], batch: list[Job]) -> np.ndarray:
+        import torch
+
+        width = max(j.length for j in batch)
+        ids = np.zeros((len(batch), width), dtype=np.int64)  # padding id 0: never seen by a real position
+        rows, cols, targets = [], [], []
+        for r, job in enumerate(batch):
+            seq = seqs[job.seq]
+            ids[r, :job.length] = seq[job.start:job.end]
+            rows.append(np.full(job.n_pred, r, dtype=np.int64))
+            cols.append(np.arange(job.length - job.n_pred, job.length, dtype=np.int64))
+            targets.append(np.asarray(seq[job.end - job.n_pred + 1:job.end + 1], dtype=np.int64))
+        dev = self.device
+        input_ids = torch.from_numpy(ids).to(dev)
+        row_t = torch.from_numpy(np.concatenate(rows)).to(dev)
+        col_t = torch.from_numpy(np.concatenate(cols)).to(dev)
+        tgt_t = torch.from_numpy(np.concatenate(targets)).to(dev)
+        low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        autocast = torch.autocast(device_type=dev.type, dtype=low or torch.bfloat16, enabled=low is not None)
+        with torch.inference_mode(), autocast:
+            if self.split is not None:
+                body, head = self.split
+                hidden = body(input_ids=input_ids, use_cache=False).last_hidden_state[row_t, col_t]
+                nll = self._head_nll(lambda a, b: head(hidden[a:b]), tgt_t)
+            else:
+                logits = self.model(input_ids=input_ids, use_cache=False).logits[row_t, col_t]
+                nll = self._head_nll(lambda a, b: logits[a:b], tgt_t)
+        self.forwards += 1
+        self.tokens_read += int(sum(j.length for j in batch))
+        return nll.cpu().numpy()
+
+    def _head_nll(self, logits_of, targets):
+        import torch
+
+        n = targets.shape[0]
+        chunk = max(1, HEAD_CHUNK_ELEMENTS // max(1, self.vocab))
+        parts = []
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            logits = logits_of(a, b).float()
+            gold = logits.gather(1, targets[a:b, None]).squeeze(1)
+            parts.append(torch.logsumexp(logits, dim=-1) - gold)
+        return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _is_oom(e: Exception) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _free_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def jobs_for(seq: int, windows: list[Window]) -> list[Job]:
+    return [Job(seq, s, e, n) for (s, e, n) in windows]
