@@ -69,6 +69,8 @@ def estimate_step(step: dict[str, Any]) -> dict[str, Any] | None:
         steps, batch, seq = (_num(_find(config, k)) for k in (_STEPS, _BATCH, _SEQ))
         accum = _num(_find(config, _ACCUM)) or 1.0
         tokens = steps * batch * seq * accum if None not in (steps, batch, seq) else None
-    params = count_model_params(_find(config, _MODEL))
+    model = config.get("model")
+    location = (model.get("init_from") or model.get("name")) if isinstance(model, dict) else _find(config, _MODEL)
+    params = count_model_params(location)
     flops = 6.0 * params * tokens if params and tokens else None
     return {"tokens": int(tokens) if tokens else None, "flops": flops, "params": params}
