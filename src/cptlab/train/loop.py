@@ -290,6 +290,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         log(f"step {at_step} eval ({cfg.eval.split}): " + ", ".join(f"{d} {v[0]:.4f}" for d, v in res.items()))
 
     nan_steps, kill_steps = _env_steps("CPTLAB_TEST_NAN_STEPS"), _env_steps("CPTLAB_TEST_KILL_AT_STEP")
+    record_windows = bool(os.environ.get("CPTLAB_TEST_RECORD_WINDOWS"))
     last_loss = None
     from rich.progress import TextColumn
 
@@ -306,8 +307,10 @@ def train(cfg: TrainConfig) -> TrainResult:
                 g["lr"] = lr
             nll_sum = torch.zeros((), device=device)
             reg_sum = torch.zeros((), device=device)
+            step_windows = []
             for m in range(cfg.grad_accum):
                 batch = sampler.next_batch(micro_global, rank, world)
+                step_windows += batch.windows
                 ids = batch.input_ids.to(device, non_blocking=True)
                 pos = batch.position_ids.to(device, non_blocking=True)
                 # DDP: all-reduce gradients only on the last micro-batch of the step.
@@ -353,6 +356,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                       "spike": spike, "z": None if z is None else round(z, 3), "time": round(time.time() - t_start, 3)}
             if regularizer is not None:
                 record["reg_loss"] = reg_v
+            if record_windows:  # test hook: which (source, epoch, window) rows this step trained on
+                record["windows"] = [list(w) for w in step_windows]
             metrics.write(record)
             if finite:
                 last_loss = loss_v

@@ -98,7 +98,8 @@ class CausalLMLoss(nn.Module):
     def forward(self, input_ids, position_ids, labels):
         decoder, head = causal_lm_parts(self.model)
         pos = position_ids if self.document_masking else None
-        hidden = decoder(input_ids=input_ids, position_ids=pos).last_hidden_state
+        # use_cache=False: no KV cache in training, and with a cache transformers ignores packed position ids.
+        hidden = decoder(input_ids=input_ids, position_ids=pos, use_cache=False).last_hidden_state
         h = hidden.reshape(-1, hidden.shape[-1])
         y = labels.reshape(-1)
         reg = self._reg[0]
