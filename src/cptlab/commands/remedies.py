@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
         """Nearest-class-mean probe: frozen mean-pooled hidden states (padding masked), one mean per class on the
         train part, accuracy of the nearest mean on the test part. Run it before and after CPT.
 
-        Example: cptlab probe --model runs/cpt/final --data sentiment.jsonl --label-field label --layer -1 --json probe.json
+        Example: cptlab probe --model runs/cpt/final --data sentiment.jsonl --layer -1 --json probe.json
         """
         from cptlab.diagnose.probe import probe as run_probe
 

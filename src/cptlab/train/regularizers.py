@@ -47,11 +47,12 @@ PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 # ---------------------------------------------------------------------------------------------------------------
 # The math (pure functions on tensors).
 
-def logit_swap_targets(ref_logits, labels, ignore_index: int = IGNORE_INDEX):
+def logit_swap_targets(ref_logits, labels, ignore_index: int = IGNORE_INDEX, check: bool = True):
     """A copy of `ref_logits` ``[..., V]`` with, at each position, the gold token's logit swapped with the maximum.
 
     `labels` ``[...]``. Positions labelled `ignore_index` are left unchanged, as are positions where the gold
-    token already has the largest logit (swapping equal values changes nothing).
+    token already has the largest logit (swapping equal values changes nothing). `check=False` skips the label
+    range check (a device sync), for the training hot path.
     """
     import torch
 
@@ -59,7 +60,7 @@ def logit_swap_targets(ref_logits, labels, ignore_index: int = IGNORE_INDEX):
         raise ValueError(f"labels shape {tuple(labels.shape)} does not match logits {tuple(ref_logits.shape)}")
     vocab = ref_logits.shape[-1]
     valid = labels != ignore_index
-    if bool(valid.any()) and (int(labels[valid].min()) < 0 or int(labels[valid].max()) >= vocab):
+    if check and bool(valid.any()) and (int(labels[valid].min()) < 0 or int(labels[valid].max()) >= vocab):
         raise ValueError(f"labels out of range for a vocabulary of {vocab} (ignore_index is {ignore_index})")
     out = ref_logits.detach().clone()
     lab = torch.where(valid, labels, 0).long().unsqueeze(-1)
@@ -83,9 +84,12 @@ def kl_rows(target_logits, logits, temperature: float = 1.0):
     import torch
 
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    s = logits.to(dtype) / temperature
+    s = logits.to(dtype)
+    target = target_logits.detach().to(dtype)
+    if temperature != 1:
+        s, target = s / temperature, target / temperature
     with torch.no_grad():
-        logp = torch.log_softmax(target_logits.detach().to(dtype) / temperature, dim=-1)
+        logp = torch.log_softmax(target, dim=-1)
         p = logp.exp()
         neg_entropy = torch.where(p > 0, p * logp, torch.zeros((), dtype=dtype, device=p.device)).sum(-1)
     return torch.logsumexp(s, dim=-1) - (p * s).sum(-1) + neg_entropy
@@ -204,7 +208,7 @@ class Regularizer:
                 raise ValueError(f"chunk_loss: reference logits {tuple(ref.shape)} and model logits "
                                  f"{tuple(logits.shape)} differ (different vocabularies?)")
         if self.kind == "lssd":
-            ref = logit_swap_targets(ref, torch.where(valid, labels, IGNORE_INDEX))
+            ref = logit_swap_targets(ref, labels, check=False)
         per_token = kl_rows(ref, logits, self.temperature)
         return torch.where(valid, per_token, torch.zeros((), dtype=per_token.dtype, device=per_token.device)).sum()
 
