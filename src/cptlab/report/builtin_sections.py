@@ -80,7 +80,38 @@ def loss_curves_section(ctx: ReportContext) -> Section | None:
     html = ctx.figure(fig, "loss-curves", "Training loss per run")
     table = [[label, len(xs), xs[-1], ys[0], ys[-1], min(ys)] for label, (xs, ys) in curves.items()]
     html += ctx.table(["run", "points", "last step", "first loss", "last loss", "min loss"], table)
+    html += _held_out_losses(ctx, plt)
     return Section("Loss curves", html)
+
+
+def _held_out_losses(ctx: ReportContext, plt) -> str:
+    """The trainer's periodic evaluations (metrics `<split>_loss/<domain>`): one panel per domain."""
+    rows = ctx.db.execute(
+        "SELECT m.run, m.step, m.key, m.value FROM metrics m JOIN runs r ON r.name = m.run "
+        "WHERE m.key LIKE '%\\_loss/%' ESCAPE '\\' AND m.value IS NOT NULL "
+        "ORDER BY r.position, m.run, m.key, m.step").fetchall()
+    if not rows:
+        return ""
+    series: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+    for r in rows:
+        split_key, _, domain = r["key"].partition("/")
+        xs, ys = series.setdefault(f"{domain} ({split_key.removesuffix('_loss')})", {}).setdefault(r["run"], ([], []))
+        xs.append(r["step"])
+        ys.append(r["value"])
+    panels = list(series)
+    fig, axes = plt.subplots(1, len(panels), figsize=(min(4.0 * len(panels), 12), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for run, (xs, ys) in series[panel].items():
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.2, label=run)
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("training step (optimizer updates)")
+        ax.set_ylabel("held-out loss (nats / token)")
+        ax.grid(alpha=0.3)
+    if sum(len(v) for v in series.values()) <= 12 * len(panels):
+        axes[0][-1].legend(fontsize=7)
+    table = [[run, panel, xs[-1], ys[-1]] for panel in panels for run, (xs, ys) in series[panel].items()]
+    return (ctx.figure(fig, "held-out-loss", "Held-out loss during training, per evaluation domain")
+            + ctx.table(["run", "domain (split)", "last step", "last held-out loss"], table))
 
 
 def _evaluations(ctx: ReportContext):

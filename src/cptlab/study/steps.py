@@ -232,7 +232,10 @@ def _load_builtins() -> None:
         importlib.import_module("cptlab.study.builtin_steps")
         # Step kinds outside the cptlab package: modules named by the user's environment (never by a study file).
         for module in filter(None, (m.strip() for m in os.environ.get("CPTLAB_PLUGINS", "").split(","))):
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise CptlabError(f"CPTLAB_PLUGINS: cannot import {module!r}: {e}") from None
 
 
 def get_step_kind(name: str, where: str = "kind") -> StepKind:
