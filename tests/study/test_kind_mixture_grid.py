@@ -93,6 +93,15 @@ def test_small_real_grid_fits_and_recommends(tmp_path, tiny_model_dir, tiny_corp
         assert f.r2 is not None and f.n_points == 12
     rec = recommend(fits, budget=0.03, domain_tokens=256)
     assert rec.budget is not None and rec.fixed_data is not None and 0 < rec.fixed_data.ratio <= 1
+    # the command line reads the study dir too
+    from cptlab.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["mixlaw", "fit", str(out), "--target", "general", "--json", str(tmp_path / "g.json"), "--quiet",
+              "--no-holdout"])
+    assert e.value.code == 0
+    saved = json.loads((tmp_path / "g.json").read_text())
+    assert saved["n_points"] == 12 and saved["r2"] == pytest.approx(fits["general"].r2, abs=1e-6)
     # and the report shows the mixlaw section
     from cptlab.report.render import render_report
 

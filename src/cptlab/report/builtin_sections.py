@@ -62,6 +62,7 @@ def loss_curves_section(ctx: ReportContext) -> Section | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
 
     curves: dict[str, tuple[list[int], list[float]]] = {}
     for r in rows:
@@ -74,6 +75,7 @@ def loss_curves_section(ctx: ReportContext) -> Section | None:
         ax.plot(xs, ys, label=label, linewidth=1.4)
     ax.set_xlabel("training step (optimizer updates)")
     ax.set_ylabel("training loss (nats / token)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if len(curves) <= 12:
         ax.legend(fontsize=7, loc="upper right")
@@ -106,6 +108,7 @@ def _held_out_losses(ctx: ReportContext, plt) -> str:
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("training step (optimizer updates)")
         ax.set_ylabel("held-out loss (nats / token)")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     if sum(len(v) for v in series.values()) <= 12 * len(panels):
         axes[0][-1].legend(fontsize=7)
