@@ -91,7 +91,8 @@ def register(app: typer.Typer) -> None:
                                                                     "('-' prints it instead of the table)."),
     ) -> None:
         """Nearest-class-mean probe: frozen mean-pooled hidden states (padding masked), one mean per class on the
-        train part, accuracy of the nearest mean on the test part. Run it before and after CPT.
+        train part, accuracy of the nearest mean on the test part. Run it before and after CPT: the split depends
+        only on the labels and --seed, so both runs score the same test examples.
 
         Example: cptlab probe --model runs/cpt/final --data sentiment.jsonl --layer -1 --json probe.json
         """
