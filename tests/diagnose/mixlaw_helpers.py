@@ -35,4 +35,4 @@ def write_csv(path, pts) -> None:
     with open(path, "w", encoding="utf-8") as f:
         f.write("N,D,r,loss\n")
         for i in range(len(pts)):
-            f.write(f"{pts.N[i]!r},{pts.D[i]!r},{pts.r[i]!r},{pts.loss[i]!r}\n")
+            f.write(",".join(repr(float(v)) for v in (pts.N[i], pts.D[i], pts.r[i], pts.loss[i])) + "\n")

@@ -290,7 +290,7 @@ def _fit_once_inner(pts: Points, target: str, names: tuple[str, ...], delta: flo
         if res.fun < best_val:
             best_theta, best_val = res.x, float(res.fun)
         # Enough: `AGREE` runs from different starts ended at the best value found (a global optimum is likely).
-        if sum(1 for v in ends if v <= best_val * (1 + 1e-6) + 1e-12) >= AGREE:
+        if sum(1 for v in ends if v <= best_val * (1 + 1e-5) + 1e-12) >= AGREE:
             break
     raw = _shift(best_theta, names, x, +1.0)
     return {k: (math.exp(v) if k in LOG_PARAMS else float(v)) for k, v in zip(names, raw)}
