@@ -107,3 +107,8 @@ def test_small_real_grid_fits_and_recommends(tmp_path, tiny_model_dir, tiny_corp
 
     html = render_report(out).read_text()
     assert "Mixture law" in html and "recommended" in html.lower()
+    # the section's recommendation is recommend() on the same fits: N, the largest D, +3%, most domain tokens seen
+    same = recommend(fits, N=pts["domain"].N[0], D=[pts["domain"].D.max()], budget=0.03,
+                     domain_tokens=float((pts["domain"].r * pts["domain"].D).max()))
+    assert f'data-value="{same.fixed_data.ratio!r}"' in html
+    assert f'data-value="{fits["domain"].r2!r}"' in html

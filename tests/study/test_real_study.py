@@ -73,3 +73,28 @@ def test_train_and_eval_steps_record_metrics_and_perplexities(tmp_path, tiny_mod
 
     html = render_report(out).read_text()
     assert "Loss curves" in html and "Δ perplexity heat-map" in html
+
+
+@pytest.mark.slow
+def test_train_under_torchrun_with_two_processes_matches_one_process(tmp_path, tiny_model_dir, tiny_corpus):
+    """Global batch 2 over 2 gloo processes: the same losses and perplexities as the single-process study."""
+    import subprocess
+
+    from tests.study.conftest import REPO, cli_cmd, cli_env
+
+    spec = real_study(tmp_path / "study.yaml", tiny_model_dir, tiny_corpus)
+    run_study(spec, tmp_path / "one", only=["grid-code"])
+    proc = subprocess.run(cli_cmd("study", "run", str(spec), "--out", str(tmp_path / "two"), "--only", "grid-code",
+                                  "--launcher", "torchrun", "--nproc", "2", "--quiet"),
+                          env=cli_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    q = ("SELECT step, value FROM metrics WHERE run='grid-code' AND step_name='train' AND key='loss' ORDER BY step")
+    one = sqlite3.connect(tmp_path / "one" / "results.sqlite").execute(q).fetchall()
+    two = sqlite3.connect(tmp_path / "two" / "results.sqlite").execute(q).fetchall()
+    assert len(one) == 3 and [s for s, _ in one] == [s for s, _ in two]
+    assert [v for _, v in two] == pytest.approx([v for _, v in one], rel=1e-5)
+    q = "SELECT domain, token_perplexity FROM evaluations WHERE run='grid-code' AND step_name='eval' ORDER BY domain"
+    ppl_one = sqlite3.connect(tmp_path / "one" / "results.sqlite").execute(q).fetchall()
+    ppl_two = sqlite3.connect(tmp_path / "two" / "results.sqlite").execute(q).fetchall()
+    assert [d for d, _ in ppl_one] == ["code", "prose"]
+    assert [p for _, p in ppl_two] == pytest.approx([p for _, p in ppl_one], rel=1e-4)

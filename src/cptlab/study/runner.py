@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 import shutil
 import socket
 import subprocess
@@ -45,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cptlab.console import log, progress
+from cptlab.console import is_quiet, log, progress
 from cptlab.errors import CptlabError, UsageError
 from cptlab.fsutil import atomic_write_json
 from cptlab.study.spec import RUNTIME_ROOTS, RunSpec, StudySpec, canonical_json, load_spec, select, substitute
@@ -219,10 +220,20 @@ def _launch_torchrun(kind, step: dict[str, Any], ctx: StepContext, nproc: int) -
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "cptlab.study.launch", str(spec_path)]
     log(f"[dim]{' '.join(cmd)}[/]")
-    proc = subprocess.run(cmd, stdout=None, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr or "").strip().splitlines()[-5:]
-        raise CptlabError(f"torchrun exited with {proc.returncode}: {' | '.join(tail)}")
+    # The ranks' logs go to the user's stderr as they come (and to torchrun.log); the last lines name a failure.
+    tail: deque[str] = deque(maxlen=8)
+    with subprocess.Popen(cmd, stdout=None, stderr=subprocess.PIPE, text=True, bufsize=1) as proc, \
+            open(ctx.step_dir / "torchrun.log", "w", encoding="utf-8") as log_file:
+        for line in proc.stderr:
+            log_file.write(line)
+            if not is_quiet():
+                sys.stderr.write(line)
+            if line.strip():
+                tail.append(line.strip())
+        returncode = proc.wait()
+    if returncode != 0:
+        raise CptlabError(f"torchrun exited with {returncode} (log: {ctx.step_dir / 'torchrun.log'}): "
+                          f"{' | '.join(list(tail)[-4:])}")
     data = json.loads(result_path.read_text(encoding="utf-8"))
     rec = data["record"]
     ctx.record.metrics.extend(tuple(m) for m in rec["metrics"])
