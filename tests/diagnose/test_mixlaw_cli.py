@@ -124,3 +124,28 @@ def test_recommend_requires_matching_fit(tmp_path, capsys):
     code, _, err = run(["mixlaw", "recommend", str(bad), "--domain-tokens", "1e6"], capsys)
     assert code == 1 and "params.B" in err
     np.testing.assert_equal(code, 1)
+
+
+def test_cross_domain_flag(tmp_path, capsys):
+    """--cross-domain reads k1, k2 columns; predict needs --k1 --k2 for such a fit."""
+    from cptlab.diagnose.mixlaw_fit import predict_params
+    from tests.diagnose.mixlaw_helpers import TRUE
+
+    true = {**TRUE["domain"], "F": 0.6, "mu": 1.0, "w2": 2.0}
+    lines = ["N,D,r,loss,k1,k2,domain"]
+    for name, (k1, k2) in {"a": (4.0, 0.05), "b": (6.0, 0.1), "c": (5.0, 0.3)}.items():
+        for D in (2e6, 5e6, 1e7, 2e7):
+            for r in (0.0, 0.3, 0.6, 1.0):
+                y = float(predict_params(true, "fixed-N", "domain", N0, D, r, k1, k2))
+                lines.append(f"{N0},{D},{r},{y!r},{k1},{k2},{name}")
+    (tmp_path / "x.csv").write_text("\n".join(lines) + "\n")
+    code, _, err = run(["mixlaw", "fit", str(tmp_path / "x.csv"), "--target", "domain", "--cross-domain",
+                        "--no-holdout", "--json", str(tmp_path / "x.json"), "--quiet"], capsys)
+    assert code == 0, err
+    code, out, _ = run(["mixlaw", "predict", str(tmp_path / "x.json"), "--D", "1e7", "--r", "0.5", "--k1", "5.5",
+                        "--k2", "0.2", "--json"], capsys)
+    assert code == 0
+    want = float(predict_params(true, "fixed-N", "domain", N0, 1e7, 0.5, 5.5, 0.2))
+    assert json.loads(out)["predictions"][0]["loss"] == pytest.approx(want, rel=0.01)
+    code, _, err = run(["mixlaw", "predict", str(tmp_path / "x.json"), "--D", "1e7", "--r", "0.5"], capsys)
+    assert code == 2 and "--k1" in err

@@ -47,6 +47,12 @@ def _normalize(spec, where: str, base: Path | None, allowed: tuple[str, ...]) ->
     if spec.get("streaming") is not None and not isinstance(spec["streaming"], bool):
         raise CptlabError(f"{where}.streaming: expected true or false, got {spec['streaming']!r}")
     out = {k: spec[k] for k in allowed if spec.get(k) is not None and k != "splits"}
+    p = out["path"]
+    if p.startswith((".", "/", "~")):  # clearly a local folder: it must exist
+        local = Path(p).expanduser()
+        local = local if local.is_absolute() or base is None else base / local
+        if not local.exists():
+            raise CptlabError(f"{where}.path: {local.resolve()}: no such dataset folder")
     if base is not None:  # local paths are relative to the manifest
         local = base / out["path"]
         if not Path(out["path"]).is_absolute() and (out["path"].startswith(".") or local.exists()):
