@@ -259,7 +259,7 @@ def test_trainer_weight_zero_is_bit_identical_and_kl_starts_at_zero(tmp_path, ti
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-def _resume_matches(tmp_path, tiny_corpus, tiny_model_dir, regularizer) -> bool:
+def _resume_matches(tmp_path, tiny_corpus, tiny_model_dir, regularizer, **extra) -> bool:
     """Train 4 steps straight; then resume the same run from its step-2 checkpoint: same final weights?"""
     import shutil
 
@@ -272,6 +272,7 @@ def _resume_matches(tmp_path, tiny_corpus, tiny_model_dir, regularizer) -> bool:
            "batch_size": 2, "optimizer": {"lr": 1e-2}, "schedule": {"kind": "constant"}, "seed": 0,
            "eval": {"at_end": False}, "checkpoint": {"interval": 2, "at_end": True}, "tensorboard": False,
            "quiet": True}
+    cfg.update(extra)
     if regularizer is not None:
         cfg["regularizer"] = regularizer
     straight = train.run(cfg)
@@ -285,7 +286,11 @@ def _resume_matches(tmp_path, tiny_corpus, tiny_model_dir, regularizer) -> bool:
     return all(torch.equal(want[k], got[k]) for k in want)
 
 
-@pytest.mark.xfail(strict=True, reason="the trainer snapshots the reference from the RESUMED weights; it should "
-                                       "pass reference_model=<the base> to build_regularizer on resume")
 def test_resume_with_base_reference_is_exact(tmp_path, tiny_corpus, tiny_model_dir):
     assert _resume_matches(tmp_path, tiny_corpus, tiny_model_dir, {"kind": "kl", "weight": 1.0})
+
+
+def test_resume_with_base_reference_and_lora_is_exact(tmp_path, tiny_corpus, tiny_model_dir):
+    """LoRA: the resumed model is the base + trained adapters; the reference must be the base without them."""
+    assert _resume_matches(tmp_path, tiny_corpus, tiny_model_dir, {"kind": "lssd", "weight": 1.0},
+                           lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]})

@@ -199,7 +199,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     if cfg.regularizer is not None and cfg.regularizer.weight != 0:
         from cptlab.train.regularizers import build_regularizer
 
-        regularizer = build_regularizer(cfg.regularizer, model)
+        reference_model = None
+        if resume_from is not None and cfg.regularizer.reference == "base":
+            # The model now holds the checkpoint's weights (or the base + trained adapters): the reference must
+            # be the run's starting weights, rebuilt the same way as at step 0.
+            reference_model = setup.build_model(cfg, tokenizer, setup.init_weights_dir(cfg))
+        regularizer = build_regularizer(cfg.regularizer, model, reference_model=reference_model)
+        del reference_model  # the regularizer holds its own frozen copy
     reg_weight = cfg.regularizer.weight if regularizer is not None else 0.0
 
     from cptlab.train.loss import CausalLMLoss
