@@ -24,8 +24,8 @@ def _files_of(source) -> list[Path]:
     from cptlab.corpus.layout import Corpus, SplitSource
 
     if isinstance(source, Corpus):
-        files = [f for s in source.sources() for f in _files_of(s)]
-        return sorted(set(files))
+        files = {str(Path(f).resolve()) for s in source.sources() for f in _files_of(s)}
+        return [Path(f) for f in sorted(files)]  # by path string: the order `ls -R | sort` shows
     if isinstance(source, SplitSource):
         if source.hf:
             return _local_hf_files(source.hf)
@@ -56,7 +56,7 @@ def corpus_fingerprint_files(source) -> list[dict]:
     """`[{"path", "size", "mtime", "mtime_ns", "sha256"}]` for the files a source reads, in reading order.
 
     `source`: a `SplitSource` (a datasets spec gives its local files, none for a hub dataset), a `Corpus` (every
-    file, sorted, once), a path, or a list of paths. Paths are absolute; sha256 is streamed in 1 MiB chunks.
+    file once, sorted by its absolute path as a string), a path, or a list of paths. Paths are absolute; sha256 is streamed in 1 MiB chunks.
     """
     out = []
     for f in _files_of(source):
