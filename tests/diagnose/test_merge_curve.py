@@ -186,9 +186,15 @@ def test_merge_curve_study_end_to_end(tmp_path, tiny_corpus, tiny_model_dir, ada
     assert "Nearest-mean probe" in html and "α on the Pareto front" in html
 
 
-@pytest.mark.slow
-def test_merge_curve_with_training_and_regularized_variants(tmp_path, tiny_corpus, tiny_model_dir):
+def test_merge_curve_trains_plain_kl_and_lssd_and_plots_them_with_the_merges(tmp_path, tiny_corpus,
+                                                                            tiny_model_dir):
+    """Issue 8 item 5 end to end on llama-micro: one study trains plain CPT, a KL and an LSSD variant of the same
+    recipe, merges base→plain CPT, and the report puts all of them on the forgetting-vs-gain plot."""
+    from safetensors.torch import load_file
+
     from cptlab.report.render import render_report
+    from cptlab.report.section_remedies import remedy_points
+    from cptlab.report.sections import ReportContext
     from cptlab.study.runner import run_study
 
     spec = _write_spec(tmp_path, tiny_corpus, base=str(tiny_model_dir),
@@ -200,8 +206,50 @@ def test_merge_curve_with_training_and_regularized_variants(tmp_path, tiny_corpu
                                  "lssd": {"regularizer": {"kind": "lssd", "weight": 1.0}}})
     result = run_study(spec, tmp_path / "out")
     assert result["counts"].get("done") == 4, result
-    db = sqlite3.connect(Path(result["study_dir"]) / "results.sqlite")
-    reg = db.execute("SELECT COUNT(*) FROM metrics WHERE key = 'reg_loss'").fetchone()[0]
-    assert reg >= 8  # both variants logged their regularizer loss every step
-    html = render_report(result["study_dir"]).read_text(encoding="utf-8")
-    assert "Forgetting vs domain gain" in html and ">kl<" in html and ">lssd<" in html
+    study_dir = Path(result["study_dir"])
+    db = sqlite3.connect(study_dir / "results.sqlite")
+    db.row_factory = sqlite3.Row
+    reg = dict(db.execute("SELECT run, COUNT(*) FROM metrics WHERE key = 'reg_loss' GROUP BY run").fetchall())
+    assert reg.get("variant-kl", 0) >= 4 and reg.get("variant-lssd", 0) >= 4 and "curve" not in reg
+
+    # Same recipe and seed: only the regularizer differs, and it changed the weights.
+    def final(run):
+        out = json.loads(db.execute("SELECT result FROM steps WHERE run = ? AND name = 'train'",
+                                    (run,)).fetchone()[0])["final_dir"]
+        return load_file(str(Path(out) / "model.safetensors"))
+
+    plain, kl, lssd = final("curve"), final("variant-kl"), final("variant-lssd")
+    base = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
+    key = "model.layers.0.mlp.down_proj.weight"
+    assert not torch.equal(plain[key], base[key])
+    assert not torch.equal(kl[key], plain[key]) and not torch.equal(lssd[key], plain[key])
+    assert not torch.equal(kl[key], lssd[key])
+    # The α = 0.5 merge is the average of the base and the plain CPT model.
+    art = db.execute("SELECT path FROM artifacts WHERE run = 'curve' AND step_name = 'merge-a0p5'").fetchone()[0]
+    merged = load_file(str((Path(art) if Path(art).is_absolute() else study_dir / art) / "model.safetensors"))
+    assert torch.equal(merged[key], (base[key] + plain[key]) / 2)
+
+    # Every model is one point; its coordinates are the database's numbers.
+    def loss(run, model, domain):
+        n, t = db.execute("SELECT nll_sum, tokens FROM evaluations WHERE run = ? AND model = ? AND domain = ?",
+                          (run, model, domain)).fetchone()
+        return n / t
+
+    points = {p["label"]: p for p in remedy_points(ReportContext(db=db, study_dir=study_dir,
+                                                                 out_dir=tmp_path / "r"))}
+    assert set(points) == {"base", "alpha=0.5", "alpha=1", "kl", "lssd"}
+    g0, t0 = loss("base", "base", "prose"), loss("base", "base", "code")
+    for label, run in (("alpha=0.5", "curve"), ("alpha=1", "curve"), ("kl", "variant-kl"),
+                       ("lssd", "variant-lssd")):
+        assert points[label]["general_ppl_change_pct"] == pytest.approx(
+            (math.exp(loss(run, label, "prose") - g0) - 1) * 100), label
+        assert points[label]["target_ppl_reduction_pct"] == pytest.approx(
+            (1 - math.exp(loss(run, label, "code") - t0)) * 100), label
+    assert points["kl"]["remedy"] == "kl" and points["lssd"]["remedy"] == "lssd"
+
+    index = render_report(study_dir)
+    html = index.read_text(encoding="utf-8")
+    section = html[html.index("Forgetting vs domain gain"):]
+    assert "section failed" not in html and (index.parent / "remedies.png").is_file()
+    for shown in ("plain CPT (adapted, α=1)", "merge α=0.5", ">kl<", ">lssd<", "α on the Pareto front"):
+        assert shown in section, shown

@@ -103,8 +103,10 @@ def curves(points: list[dict]) -> dict[str, dict]:
 def _display(p: dict) -> str:
     if p["is_base"]:
         return "base"
+    if p["alpha"] == 1.0:
+        return "plain CPT (adapted, α=1)"
     if p["alpha"] is not None:
-        return f"merge α={p['alpha']:g}" + (" (adapted)" if p["alpha"] == 1.0 else "")
+        return f"merge α={p['alpha']:g}"
     return p["label"] if p["label"] not in ("model", "after") else p["run"]
 
 
@@ -133,6 +135,11 @@ def remedies_section(ctx: ReportContext) -> Section | None:
                 label=f"merge base→adapted ({run})" if len(summaries) > 1 else "merge base→adapted (α)")
         for p, x, y in zip(line, xs, ys):
             ax.annotate(f"α={p['alpha']:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        end = next((p for p in line if p["alpha"] == 1.0), None)
+        if end is not None:
+            ax.scatter([end["general_ppl_change_pct"]], [end["target_ppl_reduction_pct"]], marker="o", s=70,
+                       color="tab:red", zorder=4, label="plain CPT (adapted, α=1)" if len(summaries) == 1
+                       else f"plain CPT ({run}, α=1)")
         if summary["budget_alpha"] is not None:
             b = next(p for p in line if p["alpha"] == summary["budget_alpha"])
             ax.scatter([b["general_ppl_change_pct"]], [b["target_ppl_reduction_pct"]], s=140, facecolors="none",
