@@ -205,3 +205,21 @@ def test_report_command(study, tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["report", str(tmp_path / "nothing")])
     assert e.value.code == 1
+
+
+def test_report_open_opens_the_written_index_in_a_browser(study, tmp_path, monkeypatch):
+    import webbrowser
+
+    from cptlab.cli import main
+
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", lambda url, *a, **k: opened.append(url) or True)
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(study), "--out", str(tmp_path / "rep"), "--open"])
+    assert e.value.code == 0
+    index = tmp_path / "rep" / "index.html"
+    assert opened == [index.resolve().as_uri()] and index.is_file()
+    with pytest.raises(SystemExit) as e:  # without --open nothing is opened
+        main(["report", str(study), "--out", str(tmp_path / "rep2")])
+    assert e.value.code == 0 and len(opened) == 1
+

@@ -38,6 +38,35 @@ def test_a_newer_schema_is_refused(tmp_path):
         Store(tmp_path)
 
 
+def test_an_older_database_is_migrated_in_place_and_a_failed_migration_changes_nothing(tmp_path, monkeypatch):
+    from cptlab.study import store as store_mod
+
+    runs = make_runs(2)
+    with Store(tmp_path) as s:  # a study written by the current schema (version 1 ... SCHEMA_VERSION)
+        s.sync_runs(runs, 60)
+        s.finish(s.claim("r0", runs[0].hash, 60), RunRecord(metrics=[("toy", 1, "loss", 2.5)]))
+    # A later cptlab adds a migration: the old database is upgraded when opened, its rows kept.
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [*MIGRATIONS, "ALTER TABLE runs ADD COLUMN note TEXT DEFAULT 'n/a';"
+                                                              "CREATE INDEX runs_status ON runs (status)"])
+    with Store(tmp_path) as s:
+        assert s.schema_version() == SCHEMA_VERSION + 1
+        assert [(r["name"], r["status"], r["note"]) for r in s.runs()] == [("r0", "done", "n/a"),
+                                                                          ("r1", "pending", "n/a")]
+        assert tuple(s.conn.execute("SELECT step, value FROM metrics").fetchone()) == (1, 2.5)
+        assert s.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs_status'").fetchone() is not None
+    # A migration that fails half-way rolls back whole: same version, same tables.
+    monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, "CREATE TABLE extra (x INTEGER);"
+                                                                         "ALTER TABLE nowhere ADD COLUMN y INTEGER"])
+    v = SCHEMA_VERSION + 1
+    with pytest.raises(CptlabError, match=f"from version {v} to {v + 1} failed at migration {v + 1} .*nowhere.*"
+                                          f"unchanged"):
+        Store(tmp_path)
+    conn = sqlite3.connect(tmp_path / "results.sqlite")
+    assert conn.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION + 1,)
+    assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'extra'").fetchone() is None
+    conn.close()
+
+
 def test_claims_are_exclusive_and_results_commit_with_done(tmp_path):
     runs = make_runs()
     with Store(tmp_path) as a, Store(tmp_path) as b:

@@ -176,7 +176,11 @@ class Store:
         self.conn.execute("PRAGMA foreign_keys = ON")
         self.conn.execute("PRAGMA synchronous = FULL")
         self._retry(lambda: self.conn.execute("PRAGMA journal_mode = WAL"))
-        self.migrate()
+        try:
+            self.migrate()
+        except BaseException:
+            self.conn.close()
+            raise
 
     # -- plumbing
 
@@ -219,20 +223,27 @@ class Store:
         return int(row[0]) if row else 0
 
     def migrate(self) -> None:
-        if self.schema_version() == SCHEMA_VERSION:
+        """Apply the migrations this database lacks, all in one transaction (a failed one changes nothing)."""
+        latest = len(MIGRATIONS)
+        if self.schema_version() == latest:
             return
         with self.transaction() as c:
             c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             version = self.schema_version()
-            if version > SCHEMA_VERSION:
+            if version > latest:
                 raise CptlabError(f"{self.path}: schema version {version} is newer than this cptlab's "
-                                  f"({SCHEMA_VERSION}); upgrade cptlab")
-            for i in range(version, SCHEMA_VERSION):
+                                  f"({latest}); upgrade cptlab")
+            for i in range(version, latest):
                 for statement in MIGRATIONS[i].split(";"):
                     if statement.strip():
-                        c.execute(statement)
+                        try:
+                            c.execute(statement)
+                        except sqlite3.Error as e:
+                            raise CptlabError(f"{self.path}: migrating the results schema from version {version} "
+                                              f"to {latest} failed at migration {i + 1} ({e}); the database is "
+                                              f"unchanged") from None
             c.execute("DELETE FROM schema_version")
-            c.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            c.execute("INSERT INTO schema_version (version) VALUES (?)", (latest,))
 
     # -- meta
 
