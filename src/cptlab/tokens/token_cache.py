@@ -14,31 +14,30 @@ reused when the tokenizer fingerprint, the read options and the source files are
 are compared first; the sha256 is computed only when those differ (a touched but identical file is reused
 and its manifest refreshed) or when `verify_hash=True`.
 
-Tokenization runs in worker processes (each loads the `tokenizers` backend only, no transformers)
-over fixed chunks of documents, results are written in chunk order, so any number of workers gives the
-same bytes as one. Memory stays bounded: at most `2 * workers` chunks are in flight.
+This module builds and opens entries. `cache_manifest` decides whether an entry is current and keeps the
+index; `encoding` tokenizes documents in worker processes (any number of workers gives the same bytes).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing as mp
 import os
-import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
 from cptlab.errors import CptlabError, UsageError
 from cptlab.fsutil import atomic_dir, atomic_write_json
+from cptlab.tokens.cache_manifest import (FORMAT_VERSION, entry_dir, list_entries, read_index, read_json,
+                                          source_record, stale_reason, stat_files, write_index)
+from cptlab.tokens.encoding import CHUNK_BYTES, CHUNK_DOCS, Encoder, chunks
 
-FORMAT_VERSION = 1
-CHUNK_DOCS = 256  # documents per worker task (fixed: the output never depends on the number of workers)
-CHUNK_BYTES = 1 << 20  # ...or fewer when they add up to this many bytes of text
+__all__ = ["AUTO_SINGLE_WORKER_BYTES", "CHUNK_BYTES", "CHUNK_DOCS", "FORMAT_VERSION", "TokenArray", "build_cache",
+           "choose_dtype", "entry_dir", "list_entries", "open_tokens", "read_index"]
 AUTO_SINGLE_WORKER_BYTES = 8 << 20  # below this much source text, worker start-up costs more than it saves
 
 
@@ -104,10 +103,6 @@ def choose_dtype(vocab_size: int) -> np.dtype:
     raise CptlabError(f"vocabulary size {vocab_size}: does not fit in 32-bit token ids")
 
 
-def entry_dir(cache_dir: str | Path, domain: str, split: str) -> Path:
-    return Path(cache_dir) / domain / split
-
-
 def open_tokens(cache_dir: str | Path, domain: str, split: str) -> TokenArray:
     """Open `CACHE/<domain>/<split>` read-only. Errors name the path and say how to (re)build it."""
     d = entry_dir(cache_dir, domain, split)
@@ -118,7 +113,7 @@ def open_tokens(cache_dir: str | Path, domain: str, split: str) -> TokenArray:
             f"token cache {d}: not found (entries in {cache_dir}: {have}); "
             f"build it with `cptlab prepare --corpus ROOT --tokenizer DIR --out {cache_dir}`"
         )
-    manifest = _read_json(manifest_path)
+    manifest = read_json(manifest_path)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise CptlabError(
             f"{manifest_path}: token cache format {manifest.get('format_version')!r}, this cptlab reads "
@@ -138,18 +133,6 @@ def open_tokens(cache_dir: str | Path, domain: str, split: str) -> TokenArray:
     if offsets.dtype != np.int64 or offsets.shape != (n_docs + 1,) or (n_docs and int(offsets[-1]) != n_tokens):
         raise CptlabError(f"{d / 'offsets.npy'}: does not match {manifest_path}; rebuild the cache")
     return TokenArray(d, ids, offsets, manifest)
-
-
-def list_entries(cache_dir: str | Path) -> list[str]:
-    """`domain/split` names of the complete entries under a cache dir."""
-    root = Path(cache_dir)
-    if not root.is_dir():
-        return []
-    return sorted(
-        f"{p.parent.parent.name}/{p.parent.name}"
-        for p in root.glob("*/*/manifest.json")
-        if not p.parent.name.endswith((".tmp", ".old"))
-    )
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -195,16 +178,16 @@ def build_cache(
     todo, summary_entries = [], []
     for source in targets:
         d = entry_dir(out_dir, source.domain, source.split)
-        reason = "forced" if force else _stale_reason(d, source, tok_info, options, verify_hash)
+        reason = "forced" if force else stale_reason(d, source, tok_info, options, verify_hash)
         if reason is None:
-            m = _read_json(d / "manifest.json")
+            m = read_json(d / "manifest.json")
             summary_entries.append(_summary_row(m, "reused", "unchanged", 0.0))
         else:
             todo.append((source, d, reason))
 
     if todo:
         n_workers = _resolve_workers(workers, [s for s, _, _ in todo])
-        encoder = _Encoder.from_hf(tok, n_workers)
+        encoder = Encoder.from_hf(tok, n_workers)
         from cptlab.console import log
 
         log(f"tokenizing {len(todo)} split(s) into {out_dir} with {n_workers} worker(s)")
@@ -220,7 +203,7 @@ def build_cache(
 
     order = {(s.domain, s.split): i for i, s in enumerate(targets)}
     summary_entries.sort(key=lambda e: order[(e["domain"], e["split"])])
-    _write_index(out_dir)
+    write_index(out_dir)
     return {
         "cache_dir": str(out_dir),
         "tokenizer_fingerprint": tok_info["fingerprint"],
@@ -277,200 +260,11 @@ def _summary_row(m: dict, status: str, reason: str, seconds: float) -> dict:
     }
 
 
-# ----------------------------------------------------------------------------- source fingerprints
-
-
-def _stat_files(source) -> list[dict]:
-    """`[{"path", "size", "mtime_ns"}]` of a plain source's files, without hashing (the cheap check)."""
-    out = []
-    for f in source.files:
-        p = Path(f).resolve()
-        try:
-            st = p.stat()
-        except OSError as e:
-            raise CptlabError(f"{p}: cannot read ({e.strerror})") from None
-        out.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-    return out
-
-
-def _source_settings(source) -> dict:
-    import json
-
-    settings = {k: getattr(source, k, None) for k in ("hf", "format", "text_field", "txt_mode")}
-    return json.loads(json.dumps(settings, sort_keys=True, default=str))  # as the manifest will hold it
-
-
-def _source_record(source) -> dict:
-    """What an entry depends on: the source's settings and its files (path, size, mtime_ns, sha256)."""
-    from cptlab.corpus import corpus_fingerprint_files
-
-    files = [{k: f[k] for k in ("path", "size", "mtime_ns", "sha256")} for f in corpus_fingerprint_files(source)]
-    return {**_source_settings(source), "files": files}
-
-
-def _stale_reason(d: Path, source, tok_info: dict, options: dict, verify_hash: bool) -> str | None:
-    """None when the entry at `d` is current; else why it must be (re)built. Refreshes touched mtimes."""
-    from cptlab.corpus import sha256_file
-
-    mpath = d / "manifest.json"
-    if not mpath.is_file():
-        return "new"
-    try:
-        m = _read_json(mpath)
-    except CptlabError:
-        return "unreadable manifest"
-    if m.get("format_version") != FORMAT_VERSION:
-        return "format version"
-    if m.get("tokenizer", {}).get("fingerprint") != tok_info["fingerprint"]:
-        return "tokenizer changed"
-    if m.get("read_options") != options:
-        return "read options changed"
-    old = m.get("source", {})
-    if {k: old.get(k) for k in _source_settings(source)} != _source_settings(source):
-        return "source settings changed"
-    if getattr(source, "hf", None):  # a datasets spec: its local files, if any, hashed every time
-        return None if _source_record(source)["files"] == old.get("files") else "dataset files changed"
-    now = _stat_files(source)
-    old_files = old.get("files", [])
-    if [f["path"] for f in now] != [f["path"] for f in old_files]:
-        return "source files changed"
-    touched = False
-    for new, prev in zip(now, old_files):
-        if new["size"] != prev["size"]:
-            return f"{new['path']} changed"
-        if new["mtime_ns"] != prev["mtime_ns"] or verify_hash:
-            if sha256_file(new["path"]) != prev.get("sha256"):
-                return f"{new['path']} changed"
-            if new["mtime_ns"] != prev["mtime_ns"]:
-                prev["mtime_ns"] = new["mtime_ns"]
-                touched = True
-    bin_path = d / "tokens.bin"
-    if not bin_path.is_file() or bin_path.stat().st_size != m["counts"]["tokens"] * np.dtype(m["dtype"]).itemsize:
-        return "tokens.bin missing or truncated"
-    if touched:  # same content, new mtime: remember it so the next check is cheap again
-        atomic_write_json(mpath, m)
-    return None
-
-
-# ------------------------------------------------------------------------------------ tokenization
-
-
-def _worker_init(tokenizer_json: str, eos_id: int) -> None:
-    global _WORKER
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already
-    _WORKER = _Encoder.from_json(tokenizer_json, eos_id)
-
-
-def _worker_encode(texts: list[str]):
-    return _WORKER.encode(texts)
-
-
-_WORKER: "_Encoder | None" = None
-
-
-class _Encoder:
-    """Batched encoding of documents with the `tokenizers` backend: raw text, no special tokens added,
-    literal special-token strings inside a document encoded as text (a document never contains EOS)."""
-
-    def __init__(self, backend, eos_id: int, pool=None, workers: int = 1):
-        self.backend, self.eos_id, self.pool, self.workers = backend, eos_id, pool, workers
-
-    @classmethod
-    def from_json(cls, tokenizer_json: str, eos_id: int) -> "_Encoder":
-        from tokenizers import Tokenizer
-
-        backend = Tokenizer.from_str(tokenizer_json)
-        backend.no_truncation()
-        backend.no_padding()
-        backend.encode_special_tokens = True
-        return cls(backend, eos_id)
-
-    @classmethod
-    def from_hf(cls, tok, workers: int) -> "_Encoder":
-        backend = getattr(tok, "backend_tokenizer", None)
-        if backend is None:
-            raise CptlabError(f"tokenizer {getattr(tok, 'name_or_path', tok)}: cptlab needs a fast tokenizer "
-                              f"(tokenizer.json) to build a token cache")
-        as_json = backend.to_str()
-        enc = cls.from_json(as_json, int(tok.eos_token_id))
-        if workers > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
-            # fork on Linux: workers run only `tokenizers` code, never torch/CUDA/rich, so inheriting the
-            # parent's state is safe, and unlike spawn it does not re-run the caller's __main__ (stdin,
-            # notebooks, scripts without a main guard). Elsewhere (macOS) fork is unsafe: spawn.
-            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            enc.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                           initargs=(as_json, int(tok.eos_token_id)))
-            enc.workers = workers
-        return enc
-
-    def encode(self, texts: list[str]):
-        """-> (ids uint32 with EOS after each kept document, per-document lengths incl. EOS, n skipped)."""
-        batch = self.backend.encode_batch_fast(texts, add_special_tokens=False) if hasattr(
-            self.backend, "encode_batch_fast") else self.backend.encode_batch(texts, add_special_tokens=False)
-        seqs = [e.ids for e in batch]
-        kept = [s for s in seqs if s]
-        lengths = np.fromiter((len(s) + 1 for s in kept), dtype=np.int64, count=len(kept))
-        ids = np.empty(int(lengths.sum()), dtype=np.uint32)
-        pos = 0
-        for s, n in zip(kept, lengths):
-            ids[pos : pos + n - 1] = s
-            ids[pos + n - 1] = self.eos_id
-            pos += n
-        return ids, lengths, len(seqs) - len(kept)
-
-    def map(self, chunks: Iterator[list[str]]):
-        """Encode chunks in order; in parallel with at most 2 * workers chunks in flight."""
-        if self.pool is None:
-            for texts in chunks:
-                yield len(texts), self.encode(texts)
-            return
-        pending: deque = deque()
-        for texts in chunks:
-            pending.append((len(texts), self.pool.submit(_worker_encode, texts)))
-            while len(pending) >= 2 * self.workers:
-                n, fut = pending.popleft()
-                yield n, _result(fut)
-        while pending:
-            n, fut = pending.popleft()
-            yield n, _result(fut)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
-
-
-def _result(fut):
-    from concurrent.futures.process import BrokenProcessPool
-
-    try:
-        return fut.result()
-    except BrokenProcessPool:
-        raise CptlabError("token cache: a tokenizer worker process died (out of memory?); "
-                          "try fewer --workers") from None
-
-
-def _chunks(docs: Iterator[str], stats_bytes: list[int]) -> Iterator[list[str]]:
-    buf: list[str] = []
-    size = 0
-    for doc in docs:
-        buf.append(doc)
-        size += len(doc)
-        stats_bytes[0] += len(doc)
-        if len(buf) >= CHUNK_DOCS or size >= CHUNK_BYTES:
-            yield buf
-            buf, size = [], 0
-    if buf:
-        yield buf
-
-
 def _build_entry(source, d: Path, tok_info: dict, dtype: np.dtype, options: dict, read_options,
-                 encoder: _Encoder, progress, iter_documents) -> dict:
+                 encoder: Encoder, progress, iter_documents) -> dict:
     from cptlab.corpus import ReadStats
 
-    record = _source_record(source)
+    record = source_record(source)
     stats = ReadStats()
     label = f"{source.domain}/{source.split}"
     total = sum(f["size"] for f in record["files"]) or None
@@ -484,7 +278,7 @@ def _build_entry(source, d: Path, tok_info: dict, dtype: np.dtype, options: dict
         with open(tmp / "tokens.bin", "wb") as fb, open(tmp / "offsets.raw", "wb") as fo:
             fo.write(np.zeros(1, dtype=np.int64).tobytes())
             docs = iter_documents(source, read_options, stats)
-            for _n, (ids, lengths, skipped) in encoder.map(_chunks(docs, chars)):
+            for _n, (ids, lengths, skipped) in encoder.map(chunks(docs, chars)):
                 no_tokens += skipped
                 if ids.size:
                     max_id = max(max_id, int(ids.max()))
@@ -499,7 +293,7 @@ def _build_entry(source, d: Path, tok_info: dict, dtype: np.dtype, options: dict
                 progress.update(task, completed=min(chars[0], total or chars[0]),
                                 rate=f"{n_tokens / elapsed:,.0f} tok/s")
         _raw_to_npy(tmp / "offsets.raw", tmp / "offsets.npy", n_docs + 1)
-        after = _stat_files(source) if not record["hf"] else record["files"]
+        after = stat_files(source) if not record["hf"] else record["files"]
         if [(f["size"], f["mtime_ns"]) for f in after] != [(f["size"], f["mtime_ns"]) for f in record["files"]]:
             raise CptlabError(f"corpus {label}: a source file changed while it was being tokenized; run again")
         skipped = Counter({str(k): int(v) for k, v in dict(stats.skipped).items()})
@@ -546,39 +340,3 @@ def _progress():
     return progress(TextColumn("{task.fields[rate]}"))
 
 
-# ----------------------------------------------------------------------------------------- index
-
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CptlabError(f"{path}: unreadable ({e})") from None
-
-
-def _write_index(cache_dir: Path) -> None:
-    """`CACHE/cache.json`: every complete entry with its counts, rebuilt from the manifests on disk."""
-    entries: dict[str, Any] = {}
-    for name in list_entries(cache_dir):
-        domain, split = name.split("/")
-        try:
-            m = _read_json(entry_dir(cache_dir, domain, split) / "manifest.json")
-        except CptlabError:
-            continue
-        entries[name] = {
-            "domain": domain, "split": split, "path": f"{domain}/{split}",
-            "documents": m["counts"]["documents"], "tokens": m["counts"]["tokens"],
-            "dtype": m["dtype"], "vocab_size": m["vocab_size"], "eos_id": m["eos_id"], "max_id": m["max_id"],
-            "tokenizer_fingerprint": m["tokenizer"]["fingerprint"],
-        }
-    atomic_write_json(cache_dir / "cache.json", {"format_version": FORMAT_VERSION, "entries": entries})
-
-
-def read_index(cache_dir: str | Path) -> dict:
-    """The `cache.json` of a cache dir (entries keyed `domain/split`)."""
-    path = Path(cache_dir) / "cache.json"
-    if not path.is_file():
-        raise CptlabError(f"{path}: not found; is {cache_dir} a token cache (made by `cptlab prepare`)?")
-    return _read_json(path)
