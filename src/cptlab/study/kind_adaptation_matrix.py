@@ -1,0 +1,249 @@
+"""Study kind `adaptation-matrix`: adapt a base to each domain with one recipe, evaluate every domain (Adaptation
+Odyssey, arXiv 2410.05581).
+
+For each base model, learning rate, seed and train domain d, the base continues pretraining on d alone with the same
+recipe; then every evaluation domain's test split is scored. The **control** run continues the base on its own
+pretraining mix (`general`) with the same recipe, so that an effect of re-warming the learning rate is not taken for
+an effect of the domain; the report gives changes relative to the base and relative to the control. Per-token losses
+of the base and each adapted model are compared (`attribution` step): which token classes carry each change, and
+what is left without newline/whitespace/punctuation. Optional diagnostic runs measure each domain's similarity to
+the pretraining mix (`similarity` step) and exact/near-duplicate overlap between train and test (`overlap` step).
+
+    name: odyssey
+    kind: adaptation-matrix
+    bases: {tiny: ./base}              # several bases (model sizes) are allowed; or `base: ./base`
+    corpus: ./corpus
+    options:
+      domains: [legal, man_en]         # train domains (each adapted to separately)
+      general: [stdlib_core, man_en]   # the bases' pretraining mix: the control trains on these
+      # eval_domains: [...]            # default: domains + general
+      split: test
+      lrs: [3.0e-4, 1.0e-3]
+      seeds: [0]
+      train:                           # the recipe: a TrainConfig mapping; model, lr, seed and sources filled in
+        data: {cache_dir: ./cache, seq_len: 256}
+        schedule: {kind: constant, warmup_steps: 10}
+        batch_size: 16
+        max_steps: 48
+      eval: {max_documents: 200}       # extra options of every `eval` step
+      attribution: {top: 10}           # false: no per-token attribution (and no per-token files needed)
+      similarity: {measures: [jsd, vocab]}   # options of the `similarity` step; false: not measured
+      overlap: {}                      # options of the `overlap` step; false: not measured
+
+Runs: `before-<base>` (baseline: eval of the base, label "before"), `adapt-[<base>-]<domain>-lr<lr>[-s<seed>]`
+(train, eval "after", attribution), `control-[<base>-]lr<lr>[-s<seed>]` (role "control": the same on the general
+mix), and `similarity` / `overlap` (role "diagnostic"). Every adaptation run's config carries `meta.adaptation` =
+{base, target (None for the control), control, lr, seed, general, eval_domains, split}.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from cptlab.config import StrictModel
+from cptlab.console import log
+from cptlab.errors import CptlabError
+from cptlab.study.kinds import StudyKind, register_study_kind
+from cptlab.study.spec import RunSpec, StudySpec, _resolve_location, resolve_steps
+
+SECTIONS = ["runs", "adaptation-matrix", "loss-curves"]
+CONTROL = "control"
+_SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+class MatrixOptions(StrictModel):
+    domains: list[str] = Field(min_length=1)
+    general: list[str] = Field(min_length=1)
+    eval_domains: list[str] | None = None
+    control_weights: dict[str, float] | None = None  # default: the general domains, equal weights
+    split: str = "test"
+    lrs: list[float] = Field(default_factory=lambda: [1e-3], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    train: dict[str, Any] = Field(default_factory=dict)
+    eval: dict[str, Any] = Field(default_factory=dict)
+    attribution: dict[str, Any] | bool = True
+    similarity: dict[str, Any] | bool = True
+    overlap: dict[str, Any] | bool = True
+    reference: str | None = None  # similarity reference (default: the corpus' general domains, train split)
+
+    @field_validator("lrs")
+    @classmethod
+    def _lrs(cls, v: list[float]) -> list[float]:
+        if any(lr <= 0 for lr in v):
+            raise ValueError("learning rates must be > 0")
+        if len(set(v)) != len(v):
+            raise ValueError("lrs repeat a value")
+        return v
+
+    @model_validator(mode="after")
+    def _domains(self) -> "MatrixOptions":
+        for name in ("domains", "general"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} repeat a domain")
+        if CONTROL in self.domains:
+            raise ValueError(f"{CONTROL!r} is the control run's name; rename that domain")
+        if self.eval_domains is not None:
+            missing = [d for d in self.domains if d not in self.eval_domains]
+            if missing:
+                raise ValueError(f"eval_domains must include every train domain (missing: {missing})")
+        if self.control_weights is not None and not self.control_weights:
+            raise ValueError("control_weights: give at least one source")
+        if isinstance(self.eval.get("token_losses"), bool) and not self.eval["token_losses"] and self.attribution:
+            raise ValueError("eval.token_losses: false leaves attribution nothing to compare; "
+                             "set attribution: false too")
+        return self
+
+    def evaluated(self) -> list[str]:
+        return list(self.eval_domains) if self.eval_domains is not None else \
+            list(dict.fromkeys([*self.domains, *self.general]))
+
+
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def train_config(opts: MatrixOptions, base_path: str, corpus_path: str, sources: dict[str, float], lr: float,
+                 seed: int) -> dict[str, Any]:
+    """The recipe for one run: the options' `train` with model, sources, lr and seed filled in."""
+    train = copy.deepcopy(opts.train)
+    data = train.setdefault("data", {})
+    if "sources" in data:
+        raise CptlabError("options.train.data.sources: set by the adaptation-matrix kind (a train domain, or "
+                          "the general mix for the control); leave it out")
+    data["sources"] = dict(sources)
+    if "cache_dir" not in data and "corpus" not in data:
+        data["corpus"] = corpus_path
+    model = train.setdefault("model", {})
+    model["name"] = base_path
+    model.setdefault("init", "pretrained")
+    train.setdefault("optimizer", {})["lr"] = lr
+    train["seed"] = seed
+    train.setdefault("checkpoint", {"at_end": False})
+    train.setdefault("tensorboard", False)
+    return train
+
+
+def _safe(text: str) -> str:
+    return _SAFE.sub("_", text).strip("_") or "x"
+
+
+def _step_kind_available(name: str) -> bool:
+    from cptlab.study.steps import get_step_kind
+
+    try:
+        get_step_kind(name)
+    except CptlabError:
+        return False
+    return True
+
+
+def _bases(spec: StudySpec, spec_dir: Path) -> dict[str, str]:
+    bases = {**({"base": spec.base} if spec.base else {}), **spec.bases}
+    if not bases:
+        raise CptlabError("base: an adaptation-matrix study needs a `base` (or `bases: {label: path}`)")
+    return {label: _resolve_location(path, spec_dir) for label, path in bases.items()}
+
+
+def expand(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
+    opts = MatrixOptions.model_validate(spec.options)
+    for key in ("grid", "steps", "include", "exclude"):
+        if getattr(spec, key):
+            raise CptlabError(f"{key}: set by the adaptation-matrix kind from its options (domains, lrs, seeds, "
+                              "bases); leave it out")
+    corpora = {**({"corpus": spec.corpus} if spec.corpus else {}), **spec.corpora}
+    if len(corpora) != 1:
+        raise CptlabError("corpus: an adaptation-matrix study needs exactly one corpus (train and test domains)")
+    corpus_path = _resolve_location(next(iter(corpora.values())), spec_dir)
+    bases = _bases(spec, spec_dir)
+    evaluated = opts.evaluated()
+    attribution = opts.attribution if isinstance(opts.attribution, dict) else ({} if opts.attribution else None)
+    control_sources = opts.control_weights or {d: 1.0 for d in opts.general}
+    many_bases, many_seeds = len(bases) > 1, len(opts.seeds) > 1
+
+    def eval_step(model: str, label: str) -> dict[str, Any]:
+        step = {"kind": "eval", "name": "eval", "model": model, "label": label, "corpus": corpus_path,
+                "split": opts.split, "domains": evaluated, **opts.eval}
+        if attribution is not None:
+            step["token_losses"] = True
+        return step
+
+    def make(name: str, role: str, steps: list[dict[str, Any]], axes: dict[str, Any], meta: dict[str, Any],
+             baseline: str | None, where: str) -> RunSpec:
+        resolved = resolve_steps(steps, {"corpus_path": corpus_path}, spec_dir, where, role=role)
+        return RunSpec(name=name, kind=spec.kind, role=role, axes=axes, steps=resolved, baseline=baseline,
+                       meta=meta)
+
+    runs: list[RunSpec] = []
+    common = {"general": list(opts.general), "domains": list(opts.domains), "eval_domains": evaluated,
+              "split": opts.split}
+    for label, base_path in bases.items():
+        before = f"before-{_safe(label)}"
+        runs.append(make(before, "baseline", [eval_step(base_path, "before")], {"base": label},
+                         {"seed": spec.seed, "adaptation": {"base": label, "target": None, "control": False,
+                                                            "lr": None, "seed": None, **common}},
+                         None, "options (baseline)"))
+        before_tl = f"${{study.dir}}/runs/{before}/eval/token_losses.parquet"
+        for lr in opts.lrs:
+            for seed in opts.seeds:
+                for target in [CONTROL, *opts.domains]:
+                    is_control = target == CONTROL
+                    parts = [CONTROL if is_control else "adapt"] + ([_safe(label)] if many_bases else []) \
+                        + ([] if is_control else [_safe(target)]) + [f"lr{lr:g}"] + ([f"s{seed}"] if many_seeds else [])
+                    name = "-".join(parts)
+                    sources = control_sources if is_control else {target: 1.0}
+                    steps = [{"kind": "train", "name": "train",
+                              "config": train_config(opts, base_path, corpus_path, sources, lr, seed)},
+                             eval_step("${steps.train.final_dir}", "after")]
+                    if attribution is not None:
+                        steps.append({"kind": "attribution", "name": "attribution", "before": before_tl,
+                                      "after": "${steps.eval.token_losses}",
+                                      "targets": list(opts.general) if is_control else [target],
+                                      "label": name, **attribution})
+                    axes = {"base": label, "target": target, "lr": lr, "seed": seed}
+                    meta = {"seed": seed, "adaptation": {"base": label, "target": None if is_control else target,
+                                                         "control": is_control, "lr": lr, "seed": seed, **common}}
+                    runs.append(make(name, CONTROL if is_control else "run", steps, axes, meta, before,
+                                     f"options ({name})"))
+
+    runs += _diagnostic_runs(spec, opts, corpus_path, next(iter(bases.values())), evaluated, spec_dir)
+    for order, run in enumerate(runs):
+        run.order = order
+    return runs
+
+
+def _diagnostic_runs(spec: StudySpec, opts: MatrixOptions, corpus_path: str, tokenizer: str,
+                     evaluated: list[str], spec_dir: Path) -> list[RunSpec]:
+    """`similarity` and `overlap` runs, when asked for and when their step kinds are installed."""
+    out = []
+    wanted = {
+        "similarity": (opts.similarity, {"reference": opts.reference or f"{corpus_path}:{','.join(opts.general)}",
+                                         "corpus": corpus_path, "domains": evaluated, "tokenizer": tokenizer}),
+        "overlap": (opts.overlap, {"corpus": corpus_path, "domains": evaluated}),
+    }
+    for kind, (given, defaults) in wanted.items():
+        if given is False:
+            continue
+        if not _step_kind_available(kind):
+            log(f"adaptation-matrix: step kind {kind!r} is not available in this cptlab; no {kind} run")
+            continue
+        step = {"kind": kind, "name": kind, **defaults, **(given if isinstance(given, dict) else {})}
+        steps = resolve_steps([step], {"corpus_path": corpus_path}, spec_dir, f"options.{kind}", role="diagnostic")
+        out.append(RunSpec(name=kind, kind=spec.kind, role="diagnostic", axes={}, steps=steps,
+                           meta={"seed": spec.seed}))
+    return out
+
+
+register_study_kind(StudyKind(
+    "adaptation-matrix", expand, options=MatrixOptions, sections=SECTIONS,
+    description="Adapt each base to each domain (and the control: its own pretraining mix); ΔPPL on every domain, "
+                "similarity vs ΔPPL, token attribution, split overlap.",
+))
