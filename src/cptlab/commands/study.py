@@ -40,7 +40,11 @@ def run_cmd(
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed run."),
     launcher: str = typer.Option(None, "--launcher", help="`torchrun`: run train steps under torchrun."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes per node for --launcher torchrun."),
-    executor: str = typer.Option("local", "--executor", help="local | submitit-local | slurm."),
+    executor: str = typer.Option("local", "--executor", help="local | submitit-local | slurm. slurm: one job "
+                                                             "array via submitit, parameters from the study "
+                                                             "YAML's executor.slurm (partition, timeout_min, "
+                                                             "gpus_per_node, cpus_per_task, array_parallelism, "
+                                                             "additional_parameters: {account: ...})."),
     overrides: list[str] = typer.Option(None, "--set", help="Override a key of the study YAML: a.b=value."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary (or the dry run) as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", help="Logs only, no progress bars."),
@@ -48,6 +52,10 @@ def run_cmd(
     """Expand the study's grid into runs and run those not done yet (skipped when their config hash is done).
 
     Example: cptlab study run study.yaml --out runs/lr-sweep --only 'grid-code-*'
+
+    On a SLURM cluster (from a login node; the study dir must be on a shared filesystem), add to study.yaml
+    `executor: {slurm: {partition: gpu, timeout_min: 240, gpus_per_node: 1, cpus_per_task: 8,
+    array_parallelism: 16}}` and run: cptlab study run study.yaml --executor slurm
     """
     from cptlab.console import log, set_quiet
     from cptlab.errors import UsageError

@@ -396,9 +396,42 @@ def _run_local(store: Store, study: Study, selected: list[RunSpec], options: Run
     return results
 
 
+# submitit's AutoExecutor parameters shared by every cluster; the other keys of `executor.slurm` are SLURM's own
+# (`partition`, `additional_parameters`, ...) and are passed as `slurm_<key>`.
+_COMMON_PARAMS = ("timeout_min", "gpus_per_node", "cpus_per_task", "nodes", "tasks_per_node", "mem_gb", "name",
+                  "stderr_to_stdout")
+
+
+def make_executor(folder: Path, cluster: str, params: dict[str, Any], name: str):
+    """A submitit AutoExecutor for `cluster` ("slurm" or "local") with the study's `executor.slurm` parameters.
+
+    SLURM: one job array, at most `array_parallelism` (default 64) runs at once; unknown parameters are refused
+    by submitit with the list of valid ones. Needs SLURM's `srun` on PATH (a login node).
+    """
+    import submitit
+
+    params = dict(params or {})
+    try:
+        executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    except RuntimeError as e:
+        raise CptlabError(f"--executor slurm: {e} (run `cptlab study run` on a SLURM login node, or use "
+                          f"--executor submitit-local / local)") from None
+    if cluster == "slurm":
+        params.setdefault("name", name)
+        parallelism = int(params.pop("array_parallelism", 64))
+        common = {k: v for k, v in params.items() if k in _COMMON_PARAMS}
+        own = {f"slurm_{k}": v for k, v in params.items() if k not in _COMMON_PARAMS}
+        try:
+            executor.update_parameters(**common, **own, slurm_array_parallelism=parallelism)
+        except (NameError, ValueError, TypeError) as e:  # submitit: NameError for an unknown parameter
+            raise CptlabError(f"executor.slurm: {str(e).strip().splitlines()[0]}") from None
+    else:
+        executor.update_parameters(timeout_min=int(params.get("timeout_min", 60 * 24)))
+    return executor
+
+
 def _run_submitit(store: Store, study: Study, selected: list[RunSpec], options: RunnerOptions,
                   retry_before: float) -> dict[str, str]:
-    import submitit
 
     todo = []
     results: dict[str, str] = {}
@@ -412,18 +445,7 @@ def _run_submitit(store: Store, study: Study, selected: list[RunSpec], options: 
         return results
     folder = study.dir / "submitit"
     cluster = "local" if options.executor == "submitit-local" else "slurm"
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-    params = dict(options.slurm)
-    if cluster == "slurm":
-        params.setdefault("name", f"cptlab-{study.spec.name}")
-        slurm_keys = {k: v for k, v in params.items()
-                      if k not in ("timeout_min", "gpus_per_node", "cpus_per_task", "nodes", "tasks_per_node",
-                                   "mem_gb", "name", "array_parallelism")}
-        common = {k: v for k, v in params.items() if k not in slurm_keys and k != "array_parallelism"}
-        executor.update_parameters(**common, **{f"slurm_{k}": v for k, v in slurm_keys.items()},
-                                   slurm_array_parallelism=int(params.get("array_parallelism", 64)))
-    else:
-        executor.update_parameters(timeout_min=int(params.get("timeout_min", 60 * 24)))
+    executor = make_executor(folder, cluster, options.slurm, f"cptlab-{study.spec.name}")
     opts = asdict(options)
     jobs = executor.map_array(run_one_job, [str(study.dir)] * len(todo), [asdict(r) for r in todo],
                               [opts] * len(todo), [retry_before] * len(todo))
