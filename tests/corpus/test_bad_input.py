@@ -149,3 +149,19 @@ def test_bad_options_are_usage_errors():
         ReadOptions(on_decode_error="ignore")
     with pytest.raises(UsageError, match="txt_mode"):
         ReadOptions(txt_mode="paragraph")
+
+
+def test_whitespace_documents_in_line_mode_are_counted(tmp_path):
+    stats = ReadStats()
+    path = write_txt(tmp_path / "a.txt", "one\n   \n\t\r\ntwo\n\u2003\n")
+    assert read(path, stats, txt_mode="line") == ["one", "two"]
+    assert stats.skipped == {"empty": 3} and stats.documents == 2
+
+
+def test_binary_file_named_jsonl_is_a_clear_error(tmp_path):
+    path = write_txt(tmp_path / "a.jsonl", b'{"text": "ok"}\n' + b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(CptlabError, match=rf"{path}: binary file, not text \(NUL byte at byte 23\)"):
+        read(path, on_bad_record="skip")  # not a bad record to skip: the file is not text
+    png = write_txt(tmp_path / "b.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(CptlabError, match="binary file.*looks like a PNG image"):
+        read(png)

@@ -3,7 +3,9 @@
 A line is read in pieces of at most `CHUNK` bytes, so a 50 MB line never becomes one 50 MB `bytes` object next to
 its decoded copy; a piece cut in the middle of a UTF-8 sequence carries the incomplete bytes over to the next one.
 Invalid UTF-8 is an error naming the file and the byte offset (offsets count the decompressed bytes of a .gz
-file), or replaced by U+FFFD and counted; NUL bytes mean a binary file, which is always an error.
+file), or replaced by U+FFFD and counted; NUL bytes mean a binary file, which is always an error (the first
+`SNIFF` bytes are checked before anything is decoded, so a binary file is named as such even when it starts with
+bytes that are not UTF-8).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from cptlab.errors import CptlabError
 
 CHUNK = 1 << 20
+SNIFF = 8192  # a NUL byte in the first this many bytes means binary, even if invalid UTF-8 comes before it
 _MAGIC = {b"\x1f\x8b": "gzip data", b"PAR1": "a parquet file", b"PK\x03\x04": "a zip archive",
           b"%PDF": "a PDF", b"\x7fELF": "an executable", b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image"}
 
@@ -78,6 +81,12 @@ def _lines(f, path: Path, on_decode_error: str) -> Iterator[Line]:
     invalid = 0
     line_offset = 0
     head = None
+    peek = getattr(f, "peek", None)  # buffered and gzip files: look ahead without consuming
+    if peek is not None:
+        start = peek(SNIFF)[:SNIFF]
+        nul = start.find(b"\0")
+        if nul >= 0:
+            raise _binary_error(path, nul, start[:8])
     while True:
         piece = f.readline(CHUNK)
         if head is None:
