@@ -80,9 +80,10 @@ def test_adaptation_matrix_end_to_end(tmp_path, four_domains, tiny_model_dir):
     from cptlab.report.render import render_report
     from cptlab.study.runner import run_study
 
-    spec = _spec(tmp_path, four_domains, {"micro": str(tiny_model_dir)}, attribution={"top": 5})
+    spec = _spec(tmp_path, four_domains, {"micro": str(tiny_model_dir)}, attribution={"top": 5},
+                 similarity={"measures": ["jsd", "vocab"], "sample_docs": 10}, overlap={"num_perm": 32})
     result = run_study(spec, tmp_path / "out")
-    assert result["counts"]["done"] == 5 and not result["counts"]["failed"], result
+    assert result["counts"]["done"] == 7 and not result["counts"]["failed"], result
     study_dir = Path(result["study_dir"])
     db = sqlite3.connect(study_dir / "results.sqlite")
     db.row_factory = sqlite3.Row
@@ -120,8 +121,20 @@ def test_adaptation_matrix_end_to_end(tmp_path, four_domains, tiny_model_dir):
     html = index.read_text(encoding="utf-8")
     assert "Adaptation matrix" in html and "section failed" not in html and "(failed)" not in html
     assert (index.parent / "adaptation-matrix.png").is_file() and (index.parent / "attribution.png").is_file()
-    assert "Which domains got worse" in html and "Similarity to the pretraining mix was not measured" in html
+    assert "Which domains got worse" in html and "was not measured" not in html
+    assert (index.parent / "similarity-vs-dppl.png").is_file()
     saved = json.loads((index.parent / "adaptation_matrix.json").read_text())
+    # The correlation in the report is the one of the database's numbers (3 train domains).
+    from scipy import stats
+
+    sim = json.loads(db.execute("SELECT result FROM diagnostics WHERE kind = 'similarity'").fetchone()[0])
+    own = [(d, g["cells"][d][d]["rel_change"]) for d in ("code_b", "prose_a", "prose_b")]
+    x = [sim["domains"][d]["jsd_similarity"] for d, _ in own]
+    corr = next(c for c in saved["correlations"] if c["measure"] == "jsd_similarity" and c["key"] == "rel_change")
+    assert corr["n"] == 3
+    assert corr["spearman"]["rho"] == pytest.approx(stats.spearmanr(x, [100 * v for _, v in own]).statistic)
+    ov = json.loads(db.execute("SELECT result FROM diagnostics WHERE kind = 'overlap'").fetchone()[0])
+    assert set(ov["domains"]) == {"code_a", "code_b", "prose_a", "prose_b"}
     assert saved["groups"][0]["cells"]["prose_b"]["prose_b"]["ppl_after"] == ppl("adapt-prose_b-lr0.001", "prose_b")
 
     # A second run of the same study skips every finished run.

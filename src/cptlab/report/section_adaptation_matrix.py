@@ -158,7 +158,8 @@ def summary_lines(data: dict) -> list[str]:
         still = [w for w in with_share if (w["rel_change_without_format"] or 0) > 0]
         lines.append(f"Newline, whitespace and punctuation tokens carried a median {100 * median:.0f}% of those "
                      f"rises (range {100 * shares[0]:.0f}% to {100 * shares[-1]:.0f}%); without them, "
-                     f"{len(still)} of {len(with_share)} cell(s) are still worse.")
+                     f"{len(still)} of {len(with_share)} cell(s) are still worse."
+                     + (" (A share above 100% means the other tokens improved.)" if shares[-1] > 1 else ""))
     elif data["attribution"] and not worse:
         lines.append("No (model, test domain) cell got worse, so there is no rise to attribute.")
     ov = (data.get("overlap") or {}).get("domains") or {}

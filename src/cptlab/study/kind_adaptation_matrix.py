@@ -46,7 +46,6 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from cptlab.config import StrictModel
-from cptlab.console import log
 from cptlab.errors import CptlabError
 from cptlab.study.kinds import StudyKind, register_study_kind
 from cptlab.study.spec import RunSpec, StudySpec, _resolve_location, resolve_steps
@@ -136,16 +135,6 @@ def _safe(text: str) -> str:
     return _SAFE.sub("_", text).strip("_") or "x"
 
 
-def _step_kind_available(name: str) -> bool:
-    from cptlab.study.steps import get_step_kind
-
-    try:
-        get_step_kind(name)
-    except CptlabError:
-        return False
-    return True
-
-
 def _bases(spec: StudySpec, spec_dir: Path) -> dict[str, str]:
     bases = {**({"base": spec.base} if spec.base else {}), **spec.bases}
     if not bases:
@@ -222,7 +211,7 @@ def expand(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
 
 def _diagnostic_runs(spec: StudySpec, opts: MatrixOptions, corpus_path: str, tokenizer: str,
                      evaluated: list[str], spec_dir: Path) -> list[RunSpec]:
-    """`similarity` and `overlap` runs, when asked for and when their step kinds are installed."""
+    """`similarity` and `overlap` runs (role "diagnostic"), unless turned off."""
     out = []
     wanted = {
         "similarity": (opts.similarity, {"reference": opts.reference or f"{corpus_path}:{','.join(opts.general)}",
@@ -231,9 +220,6 @@ def _diagnostic_runs(spec: StudySpec, opts: MatrixOptions, corpus_path: str, tok
     }
     for kind, (given, defaults) in wanted.items():
         if given is False:
-            continue
-        if not _step_kind_available(kind):
-            log(f"adaptation-matrix: step kind {kind!r} is not available in this cptlab; no {kind} run")
             continue
         step = {"kind": kind, "name": kind, **defaults, **(given if isinstance(given, dict) else {})}
         steps = resolve_steps([step], {"corpus_path": corpus_path}, spec_dir, f"options.{kind}", role="diagnostic")
