@@ -77,6 +77,13 @@ def test_pooling_masks_padding(tiny_model_dir):
     assert np.allclose(alone[0], hs.mean(0).numpy(), atol=1e-5)
     first = extract_features(model, tok, texts[:1], layer=0)
     assert not np.allclose(first, alone)
+    # --layer picks hidden_states[layer] (0: embeddings; 1: after the first block), pooled the same way.
+    with torch.no_grad():
+        all_hs = model(**ids, output_hidden_states=True).hidden_states
+    assert np.allclose(first[0], all_hs[0][0].mean(0).numpy(), atol=1e-6)
+    middle = extract_features(model, tok, texts[:1], layer=1)
+    assert np.allclose(middle[0], all_hs[1][0].mean(0).numpy(), atol=1e-5)
+    assert not np.allclose(middle, first) and not np.allclose(middle, alone)
     with pytest.raises(UsageError, match="--layer 7"):
         extract_features(model, tok, texts[:1], layer=7)
 
