@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 from cptlab.train import run
 from tests.train.conftest import train_records
 
@@ -50,3 +52,8 @@ def test_two_processes_match_one(base_config, tmp_path):
     assert [(r["step"], r["domain"], r["tokens"]) for r in ea] == [(r["step"], r["domain"], r["tokens"]) for r in eb]
     assert all(abs(x["loss"] - y["loss"]) <= 1e-5 for x, y in zip(ea, eb))
     assert os.path.isdir(two["out_dir"] + "/checkpoints/step-00000004")
+    # same final weights (DDP averaged the ranks' gradients of the same global batch)
+    from tests.train.conftest import final_tensors
+
+    wa, wb = final_tensors(one["out_dir"]), final_tensors(two["out_dir"])
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)

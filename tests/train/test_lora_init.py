@@ -42,6 +42,15 @@ def test_lora_trains_only_adapters_and_exports_merged(base_config, tiny_model_di
     assert differ and all(("q_proj" in k or "v_proj" in k) for k in differ)
     model = AutoModelForCausalLM.from_pretrained(Path(cfg["out_dir"]) / "final")
     assert not any("lora" in n for n, _ in model.named_parameters())
+    # ... and computes what the trained adapter model computes
+    ids = torch.randint(3, 500, (2, 24), generator=torch.Generator().manual_seed(0))
+    peft_model = seen["model"].eval()
+    with torch.no_grad():
+        want = peft_model(input_ids=ids).logits
+        got = model.eval()(input_ids=ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert (got - plain).abs().max() > 1e-3  # the adapters did change the function
     assert (Path(cfg["out_dir"]) / "checkpoints" / "step-00000006" / "state" / "adapter.safetensors").is_file()
 
 

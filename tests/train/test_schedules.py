@@ -28,10 +28,22 @@ def test_linear_and_wsd():
     assert lr_at(0, 11, 1.0, "linear", 0, 0.0) == 1.0
     assert lr_at(5, 11, 1.0, "linear", 0, 0.0) == pytest.approx(0.5)
     assert lr_at(10, 11, 1.0, "linear", 0, 0.0) == pytest.approx(0.0)
-    # wsd: 100 steps, last 20 decay: stable through step 79, then linear to the min at step 99
+    # wsd: 100 steps, last 20 decay: stable through step 79, then 20 decaying steps down to the min at step 99
     w = [lr_at(s, 100, 1.0, "wsd", 10, 0.0, 0.2) for s in range(100)]
     assert w[9] == 1.0 and w[10] == 1.0 and w[79] == 1.0
-    assert w[80] == 1.0 and w[99] == pytest.approx(0.0) and w[89] == pytest.approx(1 - 9 / 19)
+    assert w[80] == pytest.approx(1 - 1 / 20) and w[89] == pytest.approx(0.5) and w[99] == pytest.approx(0.0)
+    assert sum(x < 1.0 for x in w[10:]) == 20
+    # one decay step (4 steps x 0.25): the last step is at the minimum; min_lr_ratio respected
+    assert [lr_at(s, 4, 2.0, "wsd", 0, 0.1, 0.25) for s in range(4)] == [2.0, 2.0, 2.0, pytest.approx(0.2)]
+
+
+def test_rewarm_switch():
+    from cptlab.train.config import ScheduleConfig
+    from cptlab.train.schedules import schedule_fn
+
+    cfg = ScheduleConfig(kind="cosine", warmup_steps=4)
+    assert schedule_fn(cfg, 20, 1.0)(0) == 0.25
+    assert schedule_fn(cfg, 20, 1.0, warmup=False)(0) == 1.0
 
 
 def test_log_spaced_and_token_checkpoints():

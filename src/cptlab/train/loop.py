@@ -47,7 +47,10 @@ def _make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
 
     kwargs = {}
-    if cfg.fsdp:
+    if cfg.fsdp and not torch.cuda.is_available():
+        # accelerate shards with FSDP only on accelerators; on CPU several processes run as DDP.
+        log("fsdp: not available on CPU (accelerate supports FSDP on GPUs/accelerators only); using DDP")
+    elif cfg.fsdp:
         from accelerate import FullyShardedDataParallelPlugin
 
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin()

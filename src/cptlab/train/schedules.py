@@ -5,7 +5,8 @@ over `warmup_steps` steps (step 0 already trains). After warmup:
 - constant: lr.
 - cosine: lr -> lr * min_lr_ratio along half a cosine, reaching the minimum at the last step.
 - linear: lr -> lr * min_lr_ratio linearly, reaching the minimum at the last step.
-- wsd (warmup-stable-decay): lr until the last `decay_fraction` of the steps, then linear to lr * min_lr_ratio.
+- wsd (warmup-stable-decay): lr until the last `decay_fraction` of the steps (at least one step), which decay
+  linearly: the first of them is already below lr, the last is at lr * min_lr_ratio.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def lr_at(step: int, total_steps: int, lr: float, kind: str = "cosine", warmup_s
         decay_start = max(total_steps - decay_steps, warmup_steps)
         if step < decay_start:
             return lr
-        span = max(last - decay_start, 1)
-        progress = min((step - decay_start) / span, 1.0)
+        # every one of the decay steps is below the peak, and the last one is at the minimum (even with 1 step)
+        progress = min((step - decay_start + 1) / (total_steps - decay_start), 1.0)
         return lr + (min_lr - lr) * progress
     raise ValueError(f"unknown schedule {kind!r}")
 
