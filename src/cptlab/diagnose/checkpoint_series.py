@@ -205,8 +205,8 @@ def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perp
                     z: float = 2.0) -> dict[str, Any]:
     """Does adapting from later checkpoints end worse than from an earlier one?
 
-    `points`: one per checkpoint, in pretraining order, each `{"label", "tokens", "values": [one per seed]}`
-    (lower is better). The best checkpoint is the one with the lowest mean; the curve "turns up" when a later
+    `points`: one per checkpoint, in pretraining order, each `{"label", "tokens", "values": [one per seed]}` and
+    optionally "parameters" (then the text says how many tokens per parameter the checkpoints saw); lower is better. The best checkpoint is the one with the lowest mean; the curve "turns up" when a later
     checkpoint ends worse than the best by more than `z` standard errors of the difference (SE from the spread
     over seeds; with one seed there is no spread and the verdict says the evidence is a single run).
     """
@@ -214,7 +214,7 @@ def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perp
     for p in points:
         s = summarize(p.get("values") or [])
         if s["n"]:
-            rows.append({"label": p["label"], "tokens": p.get("tokens"), **s})
+            rows.append({"label": p["label"], "tokens": p.get("tokens"), "parameters": p.get("parameters"), **s})
     if not rows:
         return {"verdict": "no results", "text": f"No {metric} to compare.", "u_shape": None}
     best_i = min(range(len(rows)), key=lambda i: rows[i]["mean"])
@@ -225,8 +225,8 @@ def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perp
                            "last_mean": last["mean"], "checkpoints": rows}
     if best_i == len(rows) - 1:
         out.update(u_shape=False, difference=0.0, difference_se=None,
-                   verdict="monotone", text=f"Adapting from the last checkpoint ({last['label']}) ends best "
-                   f"({metric}: {last['mean']:.4g}); no sign that longer pretraining hurt adaptation.")
+                   verdict="monotone", text=f"Adapting from the last checkpoint {last['label']}{_seen(last)} ends "
+                   f"best ({metric}: {last['mean']:.4g}); no sign that longer pretraining hurt adaptation.")
         return out
     diff = last["mean"] - best["mean"]
     rel = diff / best["mean"] if best["mean"] else float("nan")
@@ -237,10 +237,8 @@ def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perp
     worse_later = [r["label"] for r in later if r["mean"] > best["mean"]]
     significant = se is not None and se > 0 and diff > z * se
     out.update(difference=diff, relative_difference=rel, difference_se=se, later_worse=worse_later)
-    head = (f"Adapting from checkpoint {best['label']}"
-            + (f" ({tokens_text(best['tokens'])} tokens)" if best["tokens"] is not None else "")
-            + f" ends best ({metric}: {best['mean']:.4g}); the last checkpoint {last['label']} ends worse by "
-            f"{diff:.4g} ({100 * rel:+.1f}%)")
+    head = (f"Adapting from checkpoint {best['label']}{_seen(best)} ends best ({metric}: {best['mean']:.4g}); "
+            f"the last checkpoint {last['label']}{_seen(last)} ends worse by {diff:.4g} ({100 * rel:+.1f}%)")
     if se is None:
         out.update(u_shape=None, verdict="u-shape (one seed)",
                    text=head + ", from a single seed: no spread to judge whether this is more than noise.")
@@ -253,6 +251,14 @@ def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perp
                    text=head + f", but that is only {diff / se if se else 0:.1f} standard errors (SE {se:.3g}): "
                    "within the spread over seeds, not evidence of a U-shape.")
     return out
+
+
+def _seen(row: dict[str, Any]) -> str:
+    """' (1.47M tokens, 34 tokens/parameter)' for a verdict row; '' when the token count is unknown."""
+    if row.get("tokens") is None:
+        return ""
+    tpp = f", {row['tokens'] / row['parameters']:.3g} tokens/parameter" if row.get("parameters") else ""
+    return f" ({tokens_text(row['tokens'])} tokens{tpp})"
 
 
 def tokens_text(tokens: int | float | None) -> str:

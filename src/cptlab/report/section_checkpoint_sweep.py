@@ -71,7 +71,7 @@ def verdicts(t: dict[str, Any]) -> dict[tuple[str, float], dict[str, Any]]:
         if group == "general" and not t["general"]:
             continue
         for lr in t["lrs"]:
-            pts = [{"label": c["name"], "tokens": c.get("tokens"),
+            pts = [{"label": c["name"], "tokens": c.get("tokens"), "parameters": c.get("parameters"),
                     "values": t["after"].get((c["name"], lr), {}).get(group, [])} for c in t["checkpoints"]]
             out[(group, lr)] = u_shape_verdict(pts, metric=f"{group} perplexity after adaptation at lr {lr:g}")
     return out

@@ -65,7 +65,9 @@ def verdict_text(result: dict[str, Any], gamma: float) -> str:
     for i, m in enumerate(models):
         row = next((r for r in m["gammas"] if math.isclose(r["gamma"], gamma)), None)
         if row is not None and row["delta_loss"]["mean"] is not None:
-            pts.append((m.get("tokens") if m.get("tokens") is not None else i, row["delta_loss"], m["label"]))
+            tpp = m.get("tokens_per_parameter")
+            name = m["label"] + (f", {tpp:.3g} tokens/parameter" if tpp is not None else "")
+            pts.append((m.get("tokens") if m.get("tokens") is not None else i, row["delta_loss"], name))
     if len(pts) < 2:
         return f"At γ = {gamma:g}: {len(pts)} checkpoint(s) measured; nothing to compare."
     first, last = pts[0], pts[-1]
