@@ -219,3 +219,18 @@ def test_run_sensitivity_given_tokens(tiny_model_dir, tiny_corpus):
     assert [m["label"] for m in r["models"]] == ["early", "late"]
     assert r["models"][0]["tokens_source"] == "given"
     assert list(r["models"][0]["base"]["domains"]) == ["code"]
+
+
+@pytest.mark.parametrize("preset", ["llama-micro", "gpt2-micro"])
+def test_init_scale_is_the_models_initialization_std(preset, tiny_tokenizer):
+    """Independent check of `init`: in a freshly initialised model every perturbed matrix's own std is the std the
+    plan assigns it (GPT-2's residual projections c_proj included, initialised at range / sqrt(2 n_layer))."""
+    from cptlab.model import build_preset
+
+    fresh = build_preset(preset, tiny_tokenizer, seed=0)
+    plan = noise_plan(fresh, "init", "2d")
+    scaled = [t.name for t, _ in plan if t.std < fresh.config.initializer_range]
+    assert bool(scaled) == (preset == "gpt2-micro") and all(n.endswith("c_proj.weight") for n in scaled)
+    for t, p in plan:
+        n = p.numel()
+        assert float(p.detach().double().std()) == pytest.approx(t.std, rel=5 / math.sqrt(2 * n) + 1e-3), t.name
