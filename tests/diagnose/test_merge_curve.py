@@ -103,6 +103,22 @@ def test_expand_with_training_and_variants(tmp_path, tiny_corpus, tiny_model_dir
     assert lssd["data"]["seq_len"] == 32  # the recipe's, kept
     assert all(r.baseline == "base" for r in study.runs[1:])
     assert "remedies" in study.sections
+    # The dry run's estimate counts each training run as the trainer will (steps x batch x seq_len).
+    from cptlab.study.runner import estimate
+
+    tokens = {r["name"]: r["tokens"] for r in estimate(study, study.runs)}
+    assert tokens == {"base": None, "curve": 2 * 2 * 32, "variant-kl": 2 * 2 * 32, "variant-lssd": 3 * 2 * 32}
+
+
+def test_expand_slerp_curve_uses_alpha_as_t(tmp_path, tiny_corpus, tiny_model_dir):
+    from cptlab.study.runner import open_study
+
+    spec = _write_spec(tmp_path, tiny_corpus, base=str(tiny_model_dir), adapted=str(tiny_model_dir),
+                       method="slerp", alphas=[0.0, 0.3, 1.0])
+    curve = open_study(spec, tmp_path / "out").runs[1]
+    merge = next(s for s in curve.steps if s["kind"] == "merge")
+    assert merge["method"] == "slerp" and merge["t"] == 0.3 and "weights" not in merge
+    assert [s["name"] for s in curve.steps] == ["merge-a0p3", "eval-a0p3", "eval-a1"]  # α = 0: the baseline run
 
 
 @pytest.mark.parametrize("options, msg", [
