@@ -93,6 +93,14 @@ def register(app: typer.Typer) -> None:
                                                            "document (counted)."),
         on_bad_record: OnBadRecord = typer.Option(OnBadRecord.error, "--on-bad-record",
                                                   help="A bad jsonl/parquet record: error, or skip it (counted)."),
+        template: str = typer.Option(None, "--template", help="Prompt-based CPT: wrap each document, e.g. "
+                                                             "'{text} It was {label}.'; fields from the record "
+                                                             "(jsonl key, parquet column) or --template-labels."),
+        template_labels: str = typer.Option(None, "--template-labels", help="Labels file, one row per document "
+                                                                           "(.jsonl/.txt/.parquet); may contain "
+                                                                           "{domain} and {split}."),
+        template_domains: str = typer.Option(None, "--template-domains", help="Comma-separated domains the "
+                                                                             "template applies to (default: all)."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar or log lines."),
     ) -> None:
@@ -101,19 +109,28 @@ def register(app: typer.Typer) -> None:
         unchanged are reused; changed ones are rebuilt (atomically).
 
         Example: cptlab prepare --corpus data/m2d2 --tokenizer runs/tokenizer --out runs/cache --workers 4
+
+        Example (PCP): cptlab prepare --corpus data/reviews --tokenizer runs/tokenizer --out runs/pcp-cache
+        --template '{text} It was {label}.' --template-labels 'labels/{domain}/{split}.jsonl'
         """
         from rich.console import Console
 
         from cptlab.console import set_quiet
         from cptlab.corpus import ReadOptions
+        from cptlab.errors import UsageError
         from cptlab.tokens.token_cache import build_cache
 
+        if template is None and (template_labels or template_domains):
+            raise UsageError("--template-labels/--template-domains: give --template too")
+        spec = None if template is None else {"format": template, "labels": template_labels,
+                                              "domains": _csv(template_domains)}
         if quiet:
             set_quiet(True)
         options = ReadOptions(txt_mode=txt_mode.value, text_field=text_field,
                               on_decode_error=on_decode_error.value, on_bad_record=on_bad_record.value)
         summary = build_cache(corpus, tokenizer, out, domains=_csv(domains), splits=_csv(splits),
-                              workers=workers, read_options=options, force=force, verify_hash=verify_hash)
+                              workers=workers, read_options=options, force=force, verify_hash=verify_hash,
+                              template=spec)
         if as_json:
             typer.echo(json.dumps(summary, indent=2))
         else:

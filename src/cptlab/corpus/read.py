@@ -9,12 +9,17 @@ documents are skipped and counted.
 whitespace-only); `"line"`: every line is a document (without its line break, "\\n" or "\\r\\n").
 .jsonl: one JSON object per line, text in `text_field` (default `text`); whitespace-only lines are ignored.
 
+`template` (a `cptlab.corpus.template.Template`, a format string or a dict; see that module) wraps every
+document, e.g. "{text} It was {label}.", with fields from the document's record or a labels file; emptiness is
+judged before, counts (documents, words, bytes) after templating.
+
 Skip reasons counted in `ReadStats.skipped`:
     empty          empty or whitespace-only document
     invalid_utf8   document with invalid UTF-8, under on_decode_error="skip"
     invalid_json   jsonl line that is not JSON or not an object, under on_bad_record="skip"
     missing_field  record without the text field (or null), under on_bad_record="skip"
     not_a_string   record whose text field is not a string, under on_bad_record="skip"
+    missing_label  document without a value for a template field, under on_bad_record="skip"
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from cptlab.corpus.layout import SplitSource, file_format
+from cptlab.corpus.template import Labels, Template, field_value, parse_template
 from cptlab.corpus.textio import iter_lines
 from cptlab.errors import CptlabError, UsageError
 
@@ -44,8 +50,10 @@ class ReadOptions:
     text_field: str = "text"
     on_decode_error: Literal["error", "replace", "skip"] = "error"
     on_bad_record: Literal["error", "skip"] = "error"
+    template: Template | None = None  # PCP: wrap each document (a format string or dict is parsed)
 
     def __post_init__(self):
+        self.template = parse_template(self.template)
         for name, allowed in (("txt_mode", TXT_MODES), ("on_decode_error", DECODE_ERROR_MODES),
                               ("on_bad_record", BAD_RECORD_MODES)):
             if getattr(self, name) not in allowed:
@@ -128,9 +136,13 @@ def iter_documents(source: SplitSource, options: ReadOptions | None = None,
     """The documents of one split, in file order; see the module doc for formats, options and skip reasons."""
     options = options or ReadOptions()
     stats = stats if stats is not None else ReadStats()
+    template = options.template if options.template and options.template.applies_to(source.domain) else None
     opts = dataclasses.replace(options, text_field=source.text_field or options.text_field,
-                               txt_mode=source.txt_mode or options.txt_mode)
-    for raw in _iter_raw(source, opts, stats):
+                               txt_mode=source.txt_mode or options.txt_mode, template=template)
+    if template is not None:
+        yield from _templated(source, opts, stats, template)
+        return
+    for raw, _, _ in _iter_raw(source, opts, stats):
         if not raw or raw.isspace():
             stats.skipped["empty"] += 1
             continue
@@ -140,11 +152,47 @@ def iter_documents(source: SplitSource, options: ReadOptions | None = None,
         yield raw
 
 
+def _where(loc, index: int) -> str:
+    if loc is None:
+        return f"document {index}"
+    path, n, kind = loc
+    return f"{path}:{n}" if kind == "line" else f"{path}: {kind} {n}"
+
+
+def _templated(source: SplitSource, options: ReadOptions, stats: ReadStats, template: Template) -> Iterator[str]:
+    """Documents wrapped in the template; document i takes its labels-file fields from row i."""
+    lpath = template.labels_path(source.domain, source.split)
+    labels = Labels(lpath) if lpath is not None else None
+    index = 0
+    for raw, record, loc in _iter_raw(source, options, stats):
+        if not raw or raw.isspace():
+            stats.skipped["empty"] += 1
+            continue
+        i, index = index, index + 1
+        fields = dict(record or {})
+        if labels is not None:
+            fields.update(labels.get(i) or {})
+        missing = [f for f in template.fields if fields.get(f) is None]
+        if missing:
+            where = f"{_where(loc, i)} (document {i} of {source.domain}/{source.split})"
+            sources = "its record" + (f" or the labels file {lpath}" if lpath else "")
+            _bad(where, "missing_label", f"template field {missing[0]!r} not found in {sources}", options, stats)
+            continue
+        doc = template.render(raw, fields)
+        stats.documents += 1
+        stats.words += count_words(doc)
+        stats.bytes += count_bytes(doc)
+        yield doc
+    if labels is not None:
+        labels.check_used(index, f"{source.domain}/{source.split}")
+
+
 def _iter_raw(source: SplitSource, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
     if source.hf:
         from cptlab.corpus.hf import iter_hf_texts
 
-        yield from iter_hf_texts(source, options.text_field, options.on_bad_record, stats)
+        for text in iter_hf_texts(source, options.text_field, options.on_bad_record, stats):
+            yield text, None, None
         return
     for path in source.files:
         path = Path(path)
@@ -182,24 +230,27 @@ def _decode_ok(invalid: int, options: ReadOptions, stats: ReadStats) -> bool:
 def _txt_lines(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
     for line in iter_lines(path, options.on_decode_error):
         if _decode_ok(line.invalid, options, stats):
-            yield _strip_eol(line.text)
+            yield _strip_eol(line.text), None, (path, line.number, "line")
 
 
 def _txt_blocks(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
     buf: list[str] = []
     invalid = 0
+    first = 0  # line number where the current document starts
     for line in iter_lines(path, options.on_decode_error):
         text = line.text
         if not text or text.isspace():
             if buf:
                 if _decode_ok(invalid, options, stats):
-                    yield _strip_eol(buf[0] if len(buf) == 1 else "".join(buf))
+                    yield _strip_eol(buf[0] if len(buf) == 1 else "".join(buf)), None, (path, first, "line")
                 buf, invalid = [], 0
             continue
+        if not buf:
+            first = line.number
         buf.append(text)
         invalid += line.invalid
     if buf and _decode_ok(invalid, options, stats):
-        yield _strip_eol(buf[0] if len(buf) == 1 else "".join(buf))
+        yield _strip_eol(buf[0] if len(buf) == 1 else "".join(buf)), None, (path, first, "line")
 
 
 def _bad(where: str, reason: str, message: str, options: ReadOptions, stats: ReadStats) -> None:
@@ -214,8 +265,21 @@ def _type_name(value) -> str:
             type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def _jsonl(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
+def _record_fields(record: dict, want: tuple[str, ...], where: str, options: ReadOptions, stats: ReadStats):
+    """The template fields a record has (None for a value that cannot be a label, after counting it)."""
+    out = {}
+    for f in want:
+        try:
+            out[f] = field_value(record.get(f))
+        except ValueError as e:
+            _bad(where, "not_a_string", f"template field {f!r} {e}", options, stats)
+            return None
+    return out
+
+
+def _jsonl(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[tuple]:
     key = options.text_field
+    want = options.template.fields if options.template else ()
     for line in iter_lines(path, options.on_decode_error):
         if not line.text or line.text.isspace():
             continue
@@ -243,12 +307,17 @@ def _jsonl(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
         if not isinstance(value, str):
             _bad(where, "not_a_string", f"field {key!r} is {_type_name(value)}, expected a string", options, stats)
             continue
+        fields = None
+        if want:
+            fields = _record_fields(record, want, where, options, stats)
+            if fields is None:
+                continue
         if line.invalid:
             stats.replaced += line.invalid
-        yield value
+        yield value, fields, (path, line.number, "line")
 
 
-def _parquet(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[str]:
+def _parquet(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[tuple]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -266,8 +335,9 @@ def _parquet(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[str
         t = t.value_type
     if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
         raise CptlabError(f"{path}: column {key!r} has type {t}, expected strings")
+    want = [f for f in (options.template.fields if options.template else ()) if f in schema.names and f != key]
     row = 0
-    batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[key])
+    batches = pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[key, *want])
     while True:
         try:
             batch = next(batches)
@@ -275,9 +345,13 @@ def _parquet(path: Path, options: ReadOptions, stats: ReadStats) -> Iterator[str
             return
         except (pa.ArrowException, OSError) as e:
             raise CptlabError(f"{path}: cannot read rows from {row} ({e})") from None
-        for value in batch.column(0).to_pylist():
+        extra = [batch.column(j + 1).to_pylist() for j in range(len(want))]
+        for r, value in enumerate(batch.column(0).to_pylist()):
             if value is None:
                 _bad(f"{path}: row {row}", "missing_field", f"column {key!r} is null", options, stats)
             else:
-                yield value
+                fields = _record_fields({f: col[r] for f, col in zip(want, extra)}, tuple(want),
+                                        f"{path}: row {row}", options, stats) if want else None
+                if fields is not None or not want:
+                    yield value, fields, (path, row, "row")
             row += 1

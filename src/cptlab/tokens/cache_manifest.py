@@ -77,6 +77,8 @@ def stale_reason(d: Path, source, tok_info: dict, options: dict, verify_hash: bo
         return "format version"
     if m.get("tokenizer", {}).get("fingerprint") != tok_info["fingerprint"]:
         return "tokenizer changed"
+    if (m.get("read_options") or {}).get("template") != options.get("template"):
+        return "template changed"
     if m.get("read_options") != options:
         return "read options changed"
     old = m.get("source", {})

@@ -148,10 +148,14 @@ def build_cache(
     read_options=None,
     force: bool = False,
     verify_hash: bool = False,
+    template=None,
 ) -> dict:
     """Tokenize a corpus (a `Corpus` or anything `open_corpus` accepts) into `out_dir`; reuse what is current.
 
-    `workers=None` picks one per CPU (at most 8), or 1 for small corpora. Returns a summary:
+    `workers=None` picks one per CPU (at most 8), or 1 for small corpora. `template` (a format string such as
+    "{text} It was {label}." or a dict format/labels/domains; see `cptlab.corpus.template`) wraps every document
+    of the domains it applies to before tokenization (it replaces `read_options.template`); an entry records the
+    template and its labels file's sha256, and is rebuilt when either changes. Returns a summary:
     `{"cache_dir", "tokenizer_fingerprint", "vocab_size", "dtype", "entries": [{"domain", "split", "status"
     ("built" | "reused"), "reason", "documents", "tokens", "skipped", "max_id", "seconds"}]}`.
     """
@@ -161,6 +165,8 @@ def build_cache(
     if not hasattr(corpus, "domains"):
         corpus = open_corpus(corpus)
     read_options = read_options if read_options is not None else ReadOptions()
+    if template is not None:
+        read_options = dataclasses.replace(read_options, template=template)  # parsed (and checked) there
     tok = load_tokenizer(tokenizer_dir)
     tok_info = {
         "path": str(Path(tokenizer_dir).expanduser().resolve()) if Path(tokenizer_dir).expanduser().exists()
@@ -171,29 +177,33 @@ def build_cache(
     }
     dtype = choose_dtype(tok_info["vocab_size"])
     targets = _select(corpus, domains, splits)
+    t = read_options.template
+    if t is not None and t.domains is not None and (unknown := [d for d in t.domains if d not in corpus.domains]):
+        raise UsageError(f"template.domains: unknown domain(s) {', '.join(unknown)} in corpus {corpus.root} "
+                         f"(domains: {', '.join(sorted(corpus.domains))})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    options = _options_dict(read_options)
 
     todo, summary_entries = [], []
     for source in targets:
         d = entry_dir(out_dir, source.domain, source.split)
+        options = _options_dict(read_options, source)
         reason = "forced" if force else stale_reason(d, source, tok_info, options, verify_hash)
         if reason is None:
             m = read_json(d / "manifest.json")
             summary_entries.append(_summary_row(m, "reused", "unchanged", 0.0))
         else:
-            todo.append((source, d, reason))
+            todo.append((source, d, reason, options))
 
     if todo:
-        n_workers = _resolve_workers(workers, [s for s, _, _ in todo])
+        n_workers = _resolve_workers(workers, [t[0] for t in todo])
         encoder = Encoder.from_hf(tok, n_workers)
         from cptlab.console import log
 
         log(f"tokenizing {len(todo)} split(s) into {out_dir} with {n_workers} worker(s)")
         try:
             with _progress() as progress:
-                for source, d, reason in todo:
+                for source, d, reason, options in todo:
                     t0 = time.perf_counter()
                     manifest = _build_entry(source, d, tok_info, dtype, options, read_options, encoder,
                                             progress, iter_documents)
@@ -242,14 +252,31 @@ def _resolve_workers(workers: int | None, sources: list) -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def _options_dict(options) -> dict:
+def _options_dict(options, source) -> dict:
+    """The read options an entry depends on, as JSON: the template only where it applies to the source's
+    domain, with its labels file (resolved for the domain/split) and that file's sha256."""
+    import json
+
+    from cptlab.corpus import sha256_file
+
+    template = getattr(options, "template", None)
     if dataclasses.is_dataclass(options):
-        d = dataclasses.asdict(options)
+        d = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
     elif hasattr(options, "model_dump"):
         d = options.model_dump()
     else:
         d = dict(vars(options))
-    return {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v)) for k, v in sorted(d.items())}
+    d.pop("template", None)
+    d = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v)) for k, v in sorted(d.items())}
+    if template is not None and template.applies_to(source.domain):
+        t = template.to_dict()
+        lpath = template.labels_path(source.domain, source.split)
+        if lpath is not None:
+            if not lpath.is_file():
+                raise CptlabError(f"template.labels: {lpath}: no such file (for {source.domain}/{source.split})")
+            t["labels"], t["labels_sha256"] = str(lpath), sha256_file(lpath)
+        d["template"] = json.loads(json.dumps(t))
+    return d
 
 
 def _summary_row(m: dict, status: str, reason: str, seconds: float) -> dict:
