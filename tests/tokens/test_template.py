@@ -167,14 +167,15 @@ def test_prepare_cli_template(tmp_path, labelled, tiny_tokenizer_dir, tiny_token
     assert code == 2 and "give --template too" in err
 
 
-def test_cpt_run_trains_on_templated_text(tmp_path, labelled, tiny_tokenizer_dir, tiny_tokenizer):
+@pytest.mark.parametrize("template", [FMT, {"format": FMT, "domains": ["rev"]}])
+def test_cpt_run_trains_on_templated_text(tmp_path, labelled, tiny_tokenizer_dir, tiny_tokenizer, template):
     """A short llama-micro CPT run with `data.template`: its cache holds the templated documents, and it trains."""
     from cptlab.train import run
 
     root, train, _, _ = labelled
     out = tmp_path / "run"
     cfg = {"model": {"name": "llama-micro"}, "tokenizer": str(tiny_tokenizer_dir),
-           "data": {"corpus": str(root), "sources": {"rev": 1.0}, "seq_len": 32, "template": FMT},
+           "data": {"corpus": str(root), "sources": {"rev": 1.0}, "seq_len": 32, "template": template},
            "batch_size": 4, "max_steps": 3, "out_dir": str(out), "seed": 0, "tensorboard": False, "quiet": True,
            "eval": {"at_end": False}, "checkpoint": {"at_end": False}}
     result = run(cfg)

@@ -33,7 +33,7 @@ class DataConfig(StrictModel):
     split: str = "train"
     seq_len: int = Field(256, ge=1)
     document_masking: bool = False  # no attention across document boundaries (position ids restart per doc)
-    template: str | None = None  # prompt-based CPT: passed to the data layer when it supports templates
+    template: str | dict | None = None  # prompt-based CPT: "{text} It was {label}." or {format, labels, domains}
 
     @field_validator("sources")
     @classmethod
