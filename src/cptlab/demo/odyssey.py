@@ -4,81 +4,138 @@ Adaptation Odyssey (arXiv 2410.05581) asks why continued pretraining sometimes m
 adapts the tiny general-text base to domains that were inside its pretraining mix and to domains far from it, and
 always runs the control (the same recipe continued on the pretraining mix itself), so that an effect of re-warming
 the learning rate is not mistaken for an effect of the domain.
+
+It is a study of kind `adaptation-matrix` (cptlab.study.kind_adaptation_matrix) shipped as YAML in the package
+(`cptlab/demo/studies/odyssey.yaml`): `run_odyssey_study` fills in the prepared locations and the demo settings,
+writes the filled copy to OUT/study/study.yaml, runs it with the study runner (in this process; finished runs of an
+earlier demo with the same config are skipped), renders OUT/study/report/index.html and prints the diagonal table.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
+from typing import Any
 
 from cptlab.console import log
+from cptlab.errors import CptlabError
 
 CONTROL = "control"
+TEMPLATE = "odyssey.yaml"
 
 
-def adapt_config(base: Path, tok_dir: Path, cache_dir: Path, out_dir: Path, sources: dict[str, float], lr: float,
-                 settings) -> dict:
-    """One adaptation run: fresh AdamW from the base, short warmup, constant LR (RESEARCH-NOTES' recipe)."""
-    return {
-        "model": {"name": str(base), "init": "pretrained"},
-        "tokenizer": str(tok_dir),
-        "data": {"cache_dir": str(cache_dir), "sources": sources, "seq_len": settings.seq_len},
-        "optimizer": {"lr": lr, "weight_decay": 0.1},
-        "schedule": {"kind": "constant", "warmup_steps": settings.adapt_warmup},
-        "precision": "bf16",
-        "batch_size": settings.batch_size,
-        "max_steps": settings.adapt_steps,
-        "checkpoint": {"at_end": False},
-        "eval": {"at_end": False},
-        "out_dir": str(out_dir),
-        "overwrite": True,  # a second demo redoes the (short) adaptation runs; the base is reused
-        "seed": settings.seed,
-    }
+def load_template(name: str = TEMPLATE) -> dict[str, Any]:
+    """A study YAML shipped in the package (cptlab/demo/studies/), as a dict."""
+    import importlib.resources
+
+    import yaml
+
+    text = (importlib.resources.files("cptlab.demo") / "studies" / name).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def study_spec(prepared: dict, settings) -> dict[str, Any]:
+    """The shipped template filled with the prepared locations and the demo settings."""
+    general, held_out = list(prepared["general"]), list(prepared["held_out"])
+    available = general + held_out
+    domains = [d for d in (settings.adapt_domains or available) if d in available]
+    missing = [d for d in (settings.adapt_domains or ()) if d not in available]
+    if missing:
+        log(f"not in this machine's demo corpus, skipped: {', '.join(missing)}")
+    if not domains:
+        raise CptlabError(f"adapt_domains {list(settings.adapt_domains or ())}: none is in the demo corpus "
+                          f"({', '.join(available)})")
+    spec = copy.deepcopy(load_template())
+    spec["seed"] = settings.seed
+    spec["base"] = str(Path(prepared["base"]).resolve())
+    spec["corpus"] = str(Path(prepared["corpus"]).resolve())
+    opts = spec["options"]
+    opts["domains"] = domains
+    opts["general"] = general
+    opts["eval_domains"] = available
+    opts["lrs"] = [float(lr) for lr in settings.adapt_lrs]
+    opts["seeds"] = [settings.seed]
+    train = opts["train"]
+    train["tokenizer"] = str(Path(prepared["tokenizer"]).resolve())
+    train["data"]["cache_dir"] = str(Path(prepared["cache"]).resolve())
+    train["data"]["seq_len"] = settings.seq_len
+    train["batch_size"] = settings.batch_size
+    train["max_steps"] = settings.adapt_steps
+    train["schedule"]["warmup_steps"] = settings.adapt_warmup
+    opts["eval"]["max_documents"] = settings.eval_max_documents
+    sim = opts.get("similarity")
+    if isinstance(sim, dict):
+        sim["seed"] = settings.seed
+        # Optional settings (a DemoSettings may carry them): which measures, how large a sample per side.
+        measures = getattr(settings, "similarity_measures", None)
+        if measures is not None:
+            sim["measures"] = list(measures)
+        sample_bytes = getattr(settings, "similarity_sample_bytes", None)
+        if sample_bytes is not None:
+            sim["sample_bytes"] = int(sample_bytes)
+    return spec
 
 
 def run_odyssey_study(out: Path, prepared: dict, settings) -> dict:
-    """Adapt to every domain (and the control) at each LR; evaluate all test splits; print and return the table."""
-    from cptlab.evaluate import perplexity
-    from cptlab.train import run as train_run
+    """Write, run and report the demo study; print the diagonal table; return the results dict
+    ({before, runs, general, held_out, report, study_dir, failed})."""
+    import sqlite3
 
-    general, held_out = prepared["general"], prepared["held_out"]
-    domains = [d for d in (settings.adapt_domains or general + held_out) if d in general + held_out]
-    missing = [d for d in (settings.adapt_domains or ()) if d not in domains]
-    if missing:
-        log(f"not in this machine's demo corpus, skipped: {', '.join(missing)}")
-    evaluate_on = general + held_out
+    import yaml
 
-    def evaluate(model_dir: Path) -> dict[str, float]:
-        result = perplexity(str(model_dir), corpus=str(prepared["corpus"]), split="test", domains=evaluate_on,
-                            max_documents=settings.eval_max_documents, precision="fp32").to_dict()
-        return {d: r["token_perplexity"] for d, r in result["domains"].items()}
+    from cptlab.diagnose.adaptation_matrix import matrix_from_db
+    from cptlab.fsutil import atomic_write_text
+    from cptlab.report.render import render_report
+    from cptlab.study.runner import run_study
 
-    log("evaluating the base model on every domain's test split")
-    before = evaluate(prepared["base"])
-    runs: dict[str, dict] = {}
-    targets = [CONTROL] + domains
-    for lr in settings.adapt_lrs:
-        for target in targets:
-            name = f"{target}@{lr:g}"
-            sources = {d: 1.0 for d in general} if target == CONTROL else {target: 1.0}
-            run_dir = out / "adapt" / name.replace("@", "-lr")
-            log(f"adapting to {target} (lr {lr:g}, {settings.adapt_steps} steps)")
-            result = train_run(adapt_config(prepared["base"], prepared["tokenizer"], prepared["cache"], run_dir,
-                                            sources, lr, settings))
-            runs[name] = {"target": target, "lr": lr, "after": evaluate(result.final_dir)}
+    study_dir = Path(out).resolve() / "study"
+    study_dir.mkdir(parents=True, exist_ok=True)
+    spec = study_spec(prepared, settings)
+    spec_path = study_dir / "study.yaml"
+    atomic_write_text(spec_path, "# Written by `cptlab demo` from cptlab/demo/studies/odyssey.yaml.\n"
+                      + yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    log(f"running the demo study {spec_path} (finished runs are reused)")
+    result = run_study(spec_path, study_dir)
+    failed = {name: status for name, status in result["runs"].items() if status == "failed"}
+    report = render_report(study_dir)
+    log(f"report: {report}")
 
+    conn = sqlite3.connect(str(study_dir / "results.sqlite"))
+    try:
+        data = matrix_from_db(conn, n_boot=1000, seed=settings.seed)
+    finally:
+        conn.close()
+    if failed:
+        raise CptlabError(f"demo study: {len(failed)} run(s) failed ({', '.join(sorted(failed))}); see "
+                          f"{study_dir / 'runs'}/<run>/error.log and the report {report}")
+    if data is None:
+        raise CptlabError(f"demo study {study_dir}: no adaptation run finished")
+    before, table = results_table(data)
+    _print_table(table, before, data["general"])
+    return {"before": before, "runs": table, "general": list(prepared["general"]),
+            "held_out": list(prepared["held_out"]), "report": str(report), "study_dir": str(study_dir),
+            "correlations": [{k: c[k] for k in ("group", "measure", "y", "n", "spearman", "pearson", "partial")
+                              if k in c} for c in data["correlations"]]}
+
+
+def results_table(data: dict) -> tuple[dict[str, float], list[dict]]:
+    """(before: {domain: PPL of the base}, one row per run: {run, target, lr, domains: {d: {ppl_before, ppl_after,
+    delta, delta_vs_control}}}) from cptlab.diagnose.adaptation_matrix.matrix_from_db's result (one base)."""
+    before: dict[str, float] = {}
     table = []
-    for name, r in runs.items():
-        control = runs[f"{CONTROL}@{r['lr']:g}"]["after"]
-        row = {"run": name, "target": r["target"], "lr": r["lr"], "domains": {}}
-        for d in evaluate_on:
-            delta = r["after"][d] / before[d] - 1
-            vs_control = r["after"][d] / control[d] - 1
-            row["domains"][d] = {"ppl_before": before[d], "ppl_after": r["after"][d], "delta": delta,
-                                 "delta_vs_control": vs_control}
-        table.append(row)
-    _print_table(table, before, general)
-    return {"before": before, "runs": table, "general": general, "held_out": held_out}
+    for g in data["groups"]:
+        for target in g["targets"]:
+            row = {"run": f"{target}@{g['lr']:g}", "target": target, "lr": g["lr"], "domains": {}}
+            for d, cell in g["cells"][target].items():
+                if cell["ppl_before"] is None or cell["ppl_after"] is None:
+                    continue
+                before[d] = cell["ppl_before"]
+                row["domains"][d] = {"ppl_before": cell["ppl_before"], "ppl_after": cell["ppl_after"],
+                                     "delta": cell["rel_change"],
+                                     "delta_vs_control": 0.0 if target == CONTROL else cell["vs_control"]}
+            table.append(row)
+    return before, table
 
 
 def _print_table(table: list[dict], before: dict[str, float], general: list[str]) -> None:
@@ -91,11 +148,14 @@ def _print_table(table: list[dict], before: dict[str, float], general: list[str]
         t.add_column(col, justify="left" if col == "target" else "right")
     for row in table:
         d = row["target"]
-        if d == CONTROL:
+        if d == CONTROL or d not in row["domains"]:
             continue
         cell = row["domains"][d]
+        vs = cell["delta_vs_control"]
         t.add_row(d, "yes" if d in general else "no", f"{row['lr']:g}", f"{cell['ppl_before']:.1f}",
-                  f"{cell['ppl_after']:.1f}", f"{100 * cell['delta']:+.1f}%", f"{100 * cell['delta_vs_control']:+.1f}%")
+                  f"{cell['ppl_after']:.1f}", f"{100 * cell['delta']:+.1f}%",
+                  "–" if vs is None else f"{100 * vs:+.1f}%")
     Console().print(t)  # results go to stdout, logs to stderr
-    mean_log = sum(math.log(v) for v in before.values()) / len(before)
-    log(f"base model: geometric-mean test perplexity over {len(before)} domains {math.exp(mean_log):.1f}")
+    if before:
+        mean_log = sum(math.log(v) for v in before.values()) / len(before)
+        log(f"base model: geometric-mean test perplexity over {len(before)} domains {math.exp(mean_log):.1f}")

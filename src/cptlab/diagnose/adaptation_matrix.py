@@ -40,6 +40,8 @@ def _json(text: str | None) -> Any:
 
 def _geo_mean(values: list[float]) -> float | None:
     vals = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    if len(vals) == 1:
+        return vals[0]
     return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None
 
 

@@ -33,7 +33,8 @@ the pretraining mix (`similarity` step) and exact/near-duplicate overlap between
 Runs: `before-<base>` (baseline: eval of the base, label "before"), `adapt-[<base>-]<domain>-lr<lr>[-s<seed>]`
 (train, eval "after", attribution), `control-[<base>-]lr<lr>[-s<seed>]` (role "control": the same on the general
 mix), and `similarity` / `overlap` (role "diagnostic"). Every adaptation run's config carries `meta.adaptation` =
-{base, target (None for the control), control, lr, seed, general, eval_domains, split}.
+{base, target (None for the control), control, lr, seed, general, eval_domains, split, base_fingerprint} (a
+fingerprint of the base dir's files: a base retrained in place re-runs its runs).
 """
 
 from __future__ import annotations
@@ -135,6 +136,21 @@ def _safe(text: str) -> str:
     return _SAFE.sub("_", text).strip("_") or "x"
 
 
+def model_fingerprint(path: str) -> str | None:
+    """Names, sizes and modification times of a local model dir's files (hashed): a retrained base at the same
+    path changes it, so its runs' config hashes change and they re-run. None for a hub name."""
+    import hashlib
+
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(q for q in p.iterdir() if q.is_file()):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:16]
+
+
 def _bases(spec: StudySpec, spec_dir: Path) -> dict[str, str]:
     bases = {**({"base": spec.base} if spec.base else {}), **spec.bases}
     if not bases:
@@ -175,10 +191,11 @@ def expand(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
     common = {"general": list(opts.general), "domains": list(opts.domains), "eval_domains": evaluated,
               "split": opts.split}
     for label, base_path in bases.items():
+        common["base_fingerprint"] = model_fingerprint(base_path)
         before = f"before-{_safe(label)}"
         runs.append(make(before, "baseline", [eval_step(base_path, "before")], {"base": label},
                          {"seed": spec.seed, "adaptation": {"base": label, "target": None, "control": False,
-                                                            "lr": None, "seed": None, **common}},
+                                                            "lr": None, "seed": None, **dict(common)}},
                          None, "options (baseline)"))
         before_tl = f"${{study.dir}}/runs/{before}/eval/token_losses.parquet"
         for lr in opts.lrs:
@@ -199,7 +216,8 @@ def expand(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
                                       "label": name, **attribution})
                     axes = {"base": label, "target": target, "lr": lr, "seed": seed}
                     meta = {"seed": seed, "adaptation": {"base": label, "target": None if is_control else target,
-                                                         "control": is_control, "lr": lr, "seed": seed, **common}}
+                                                         "control": is_control, "lr": lr, "seed": seed,
+                                                         **dict(common)}}
                     runs.append(make(name, CONTROL if is_control else "run", steps, axes, meta, before,
                                      f"options ({name})"))
 
