@@ -262,10 +262,12 @@ def test_merge_curve_trains_plain_kl_and_lssd_and_plots_them_with_the_merges(tmp
         assert points[label]["target_ppl_reduction_pct"] == pytest.approx(
             (1 - math.exp(loss(run, label, "code") - t0)) * 100), label
     assert points["kl"]["remedy"] == "kl" and points["lssd"]["remedy"] == "lssd"
+    assert points["kl"]["regularizer"] == "KL, λ=1" and points["alpha=1"]["regularizer"] is None
 
     index = render_report(study_dir)
     html = index.read_text(encoding="utf-8")
     section = html[html.index("Forgetting vs domain gain"):]
     assert "section failed" not in html and (index.parent / "remedies.png").is_file()
-    for shown in ("plain CPT (adapted, α=1)", "merge α=0.5", ">kl<", ">lssd<", "α on the Pareto front"):
+    for shown in ("plain CPT (adapted, α=1)", "merge α=0.5", ">kl (KL, λ=1)<", ">lssd (LSSD, λ=1)<",
+                  "α on the Pareto front"):
         assert shown in section, shown

@@ -25,6 +25,22 @@ def _meta(config_json: str) -> dict:
         return {}
 
 
+def _regularizer(config_json: str) -> str | None:
+    """'KL, λ=0.1' / 'LSSD, λ=0.5' when the run's train step has a regularizer, else None."""
+    try:
+        steps = json.loads(config_json or "{}").get("steps") or []
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    for step in steps:
+        reg = (step.get("config") or {}).get("regularizer") if step.get("kind") == "train" else None
+        if isinstance(reg, dict) and reg.get("kind"):
+            weight = reg.get("weight", 0.1)
+            extra = "" if reg.get("reference", "base") == "base" else f", reference {reg['reference']}"
+            return f"{str(reg['kind']).upper()}, λ={weight:g}{extra}" if isinstance(weight, (int, float)) \
+                else f"{str(reg['kind']).upper()}{extra}"
+    return None
+
+
 def _loss(domains: dict, names: list[str]) -> float | None:
     """Σ NLL / Σ tokens over `names` (None unless every one of them was evaluated)."""
     if not names or any(n not in domains for n in names):
@@ -70,6 +86,7 @@ def remedy_points(ctx: ReportContext) -> list[dict]:
             "run": run, "step": step, "label": label, "split": split, "baseline": run if is_base else
             runs[run]["baseline"], "is_base": is_base, "alpha": alpha, "remedy": meta.get("remedy"),
             "budget": meta.get("budget"), "position": runs[run]["position"],
+            "regularizer": _regularizer(runs[run]["config"]),
             "target_loss": tl, "general_loss": gl, "base_target_loss": btl, "base_general_loss": bgl,
             "target_ppl": math.exp(tl), "general_ppl": math.exp(gl),
             "general_ppl_change_pct": (math.exp(gl - bgl) - 1) * 100,
@@ -107,7 +124,8 @@ def _display(p: dict) -> str:
         return "plain CPT (adapted, α=1)"
     if p["alpha"] is not None:
         return f"merge α={p['alpha']:g}"
-    return p["label"] if p["label"] not in ("model", "after") else p["run"]
+    name = p["label"] if p["label"] not in ("model", "after") else p["run"]
+    return f"{name} ({p['regularizer']})" if p.get("regularizer") else name
 
 
 def remedies_section(ctx: ReportContext) -> Section | None:
