@@ -140,3 +140,28 @@ def test_adaptation_matrix_end_to_end(tmp_path, four_domains, tiny_model_dir):
     # A second run of the same study skips every finished run.
     again = run_study(spec, tmp_path / "out")
     assert set(again["runs"].values()) == {"skipped"}
+
+
+def test_demo_template_fills_and_expands(tmp_path, four_domains, tiny_model_dir, tiny_tokenizer_dir):
+    """The study YAML shipped in the package, filled by the demo, is a valid adaptation-matrix study."""
+    from cptlab.demo.odyssey import study_spec
+    from cptlab.demo.pipeline import DemoSettings
+    from cptlab.study.runner import open_study
+
+    prepared = {"corpus": four_domains, "tokenizer": tiny_tokenizer_dir, "cache": tmp_path / "cache",
+                "base": tiny_model_dir, "general": ["code_a", "prose_a"], "held_out": ["code_b", "prose_b"]}
+    settings = DemoSettings(adapt_lrs=(3e-4, 1e-3), adapt_domains=("prose_b", "code_a", "not_here"), adapt_steps=7)
+    spec = study_spec(prepared, settings)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    study = open_study(path, tmp_path / "out")
+    names = [r.name for r in study.runs]
+    assert names == ["before-base", "control-lr0.0003", "adapt-prose_b-lr0.0003", "adapt-code_a-lr0.0003",
+                     "control-lr0.001", "adapt-prose_b-lr0.001", "adapt-code_a-lr0.001", "similarity", "overlap"]
+    train = study.runs[2].steps[0]["config"]
+    assert train["max_steps"] == 7 and train["batch_size"] == settings.batch_size
+    assert train["data"]["cache_dir"] == str((tmp_path / "cache").resolve())
+    assert train["schedule"] == {"kind": "constant", "warmup_steps": settings.adapt_warmup}
+    assert study.runs[0].steps[0]["max_documents"] == settings.eval_max_documents
+    sim = study.runs[-2].steps[0]
+    assert sim["reference"].endswith(":code_a,prose_a") and "embedding" in sim["measures"]
