@@ -71,7 +71,8 @@ def test_cli_dry_run_status_and_usage_errors(tmp_path, tiny_model_dir):
     assert bad.returncode == 2 and "--executor pbs" in " ".join(bad.stderr.split())
     missing = subprocess.run(cli_cmd("study", "status", str(tmp_path / "none")), env=cli_env(), cwd=REPO,
                              capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 1 and "not a study directory" in " ".join(missing.stderr.split()) and "Traceback" not in missing.stderr
+    assert missing.returncode == 1 and "not a study directory" in " ".join(missing.stderr.split())
+    assert "Traceback" not in missing.stderr
 
 
 def test_cli_run_exit_code_reflects_failures(tmp_path):

@@ -37,6 +37,6 @@ def test_status_lists_done_failed_with_error_and_pending_with_times(tmp_path, ca
         main(["study", "status", str(out)])
     table = capsys.readouterr().out
     assert e.value.code == 0
-    for word in ("baseline", "done", "grid-code-1", "failed", "ValueError: toy failure in grid-code-1", "grid-prose-1", "pending",
-                 done["started"]):
+    for word in ("baseline", "done", "grid-code-1", "failed", "ValueError: toy failure in grid-code-1",
+                 "grid-prose-1", "pending", done["started"]):
         assert word in table, word
