@@ -222,17 +222,24 @@ def adaptation_matrix_section(ctx: ReportContext) -> Section | None:
         html.append("<h3>Similarity vs ΔPPL</h3>" + _scatter(ctx, plt, data, measures[0]))
         crow = []
         for c in data["correlations"]:
+            if c["n"] < 3:
+                continue
             p, s = c["pearson"], c["spearman"]
             part = (c.get("partial") or {})
             crow.append([c["group"], c["measure"], c["y"], c["n"], s["rho"], s["ci"]["low"], s["ci"]["high"], s["p"],
                          p["r"], p["ci"]["low"], p["ci"]["high"], p["p"], part.get("spearman", {}).get("rho"),
                          part.get("pearson", {}).get("r")])
-        html.append(ctx.table(["group", "similarity", "change", "n", "Spearman ρ", "CI low", "CI high", "p",
+        too_few = sorted({c["n"] for c in data["correlations"] if c["n"] < 3})
+        if too_few:
+            html.append(f"<p>Correlations need at least 3 train domains with a similarity; some groups have "
+                        f"{', '.join(map(str, too_few))}: left out.</p>")
+        if crow:
+            html.append(ctx.table(["group", "similarity", "change", "n", "Spearman ρ", "CI low", "CI high", "p",
                                "Pearson r", "CI low", "CI high", "p", "partial ρ | PPL before",
-                               "partial r | PPL before"], crow,
-                              caption=f"Across train domains; {data['bootstrap']['n_boot']} bootstrap resamples "
-                                      f"(seed {data['bootstrap']['seed']}), 95% percentile intervals; partial "
-                                      "correlations control for the starting perplexity"))
+                                   "partial r | PPL before"], crow,
+                                  caption=f"Across train domains; {data['bootstrap']['n_boot']} bootstrap resamples "
+                                          f"(seed {data['bootstrap']['seed']}), 95% percentile intervals; partial "
+                                          "correlations control for the starting perplexity"))
     if data["attribution"]:
         html.append("<h3>Token attribution</h3>" + _attribution_bars(ctx, plt, data))
         trow = []
@@ -245,18 +252,21 @@ def adaptation_matrix_section(ctx: ReportContext) -> Section | None:
             html.append(ctx.table(["run", "token", "class", "count", "contribution (nats/token)",
                                    "change without the raising top tokens (%)"], trow,
                                   caption="Top tokens by contribution to Δ log PPL on the run's own domain(s)"))
-        worse = data["worse"]
-        html.append("<h4>Which domains got worse, how much of that is newline/whitespace/punctuation, what is "
-                    "left</h4>")
-        if worse:
-            html.append(ctx.table(["group", "adapted to", "test domain", "own domain", "change (%)",
-                                   "vs control (%)", "format share of the rise (%)",
-                                   "change without format tokens (%)"],
-                                  [[w["group"], w["target"], w["domain"], w["own"], _pct(w["rel_change"]),
-                                    _pct(w["vs_control"]), _pct(w["format_share"]),
-                                    _pct(w["rel_change_without_format"])] for w in worse]))
-        else:
-            html.append("<p>No (model, test domain) cell got worse.</p>")
+    worse = data["worse"]
+    html.append("<h3>Which domains got worse, how much of that is newline/whitespace/punctuation, what is "
+                "left</h3>")
+    if worse:
+        html.append(ctx.table(["group", "adapted to", "test domain", "own domain", "change (%)",
+                               "vs control (%)", "format share of the rise (%)",
+                               "change without format tokens (%)"],
+                              [[w["group"], w["target"], w["domain"], w["own"], _pct(w["rel_change"]),
+                                _pct(w["vs_control"]), _pct(w["format_share"]),
+                                _pct(w["rel_change_without_format"])] for w in worse],
+                              caption="Every (adapted model, test domain) cell whose perplexity rose, largest first; "
+                                      "format = newline, whitespace and punctuation tokens (their contribution to "
+                                      "Δ log PPL over the total; – without per-token attribution)"))
+    else:
+        html.append("<p>No (model, test domain) cell got worse.</p>")
     return Section("Adaptation matrix (Adaptation Odyssey)", "\n".join(html))
 
 
