@@ -278,3 +278,57 @@ def test_vocab_guard_in_a_training_run(tmp_path, tiny_cache, tiny_tokenizer_dir,
         run(cfg)
     msg = str(e.value)
     assert f"data.cache_dir {tiny_cache}" in msg and "vocabulary of 100" in msg
+
+
+def test_long_documents_are_encoded_in_pieces_exactly(tmp_path, tiny_corpus, tiny_tokenizer_dir, tiny_tokenizer,
+                                                      monkeypatch):
+    import cptlab.tokens.encoding as encoding
+
+    text = "alpha  beta\tgamma\n\n delta's 12,345 (x) " * 40 + "x" * 300 + " end"
+    for size in (7, 64, 100):
+        parts = list(encoding.pieces(text, size))
+        assert "".join(parts) == text and all(len(p) <= size for p in parts)
+        for a, b in zip(parts, parts[1:]):  # cut at whitespace after a non-space, or before "<space>X", ...
+            boundary = b[0].isspace() and (not a[-1].isspace() or not b[1].isspace())
+            assert boundary or (len(a) == size and not encoding._CUT.search(a, 1)), (a, b)  # ...or in a giant word
+    monkeypatch.setattr(encoding, "LONG_DOC", 100)
+    monkeypatch.setattr(encoding, "PIECE", 64)
+    root = tmp_path / "c"
+    shutil.copytree(tiny_corpus, root)
+    # one document (no blank line); exact unless a giant word is cut
+    write_txt(root / "long" / "train.txt", text.replace("x" * 300, "").replace("\n\n", "\n") + "\n")
+    build_cache(root, tiny_tokenizer_dir, tmp_path / "cache", splits=["train"], workers=1)
+    for d in ("code", "prose", "long"):
+        docs = list(iter_documents(open_corpus(root).source(d, "train")))
+        assert max(len(x) for x in docs) > 300  # some documents went through the pieces path
+        want, offsets = _expected_ids(tiny_tokenizer, docs)
+        t = open_tokens(tmp_path / "cache", d, "train")
+        assert np.array_equal(np.asarray(t.ids, dtype=np.int64), want)  # the same ids as the whole document
+        assert np.array_equal(np.asarray(t.doc_offsets), offsets)
+
+
+@pytest.mark.slow
+def test_20mb_single_line_document_bounded_memory(tmp_path, tiny_tokenizer_dir):
+    """The token cache of a 20 MB one-line document: peak memory about 9 times the document's size, not the
+    100+ bytes per character a tokenizer needs for a document encoded whole (2 GB here; measured before pieces)."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "c"
+    (root / "d").mkdir(parents=True)
+    unit = "lorem ipsum dolor sit amet, consectetur élément "
+    with open(root / "d" / "train.txt", "w", encoding="utf-8") as f:
+        f.write(unit * (20 * 2**20 // len(unit.encode())) + "\n\nsmall doc\n")
+    script = ("import resource, sys; from cptlab.tokens.token_cache import build_cache; "
+              "s = build_cache(sys.argv[1], sys.argv[2], sys.argv[3], workers=1); "
+              "print(s['entries'][0]['documents'], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    small = tmp_path / "s"
+    (small / "d").mkdir(parents=True)
+    (small / "d" / "train.txt").write_text("small doc\n")
+    runs = [subprocess.run([sys.executable, "-c", script, str(r), str(tiny_tokenizer_dir), str(tmp_path / n)],
+                           capture_output=True, text=True, check=True).stdout.split()
+            for r, n in ((small, "c1"), (root, "c2"))]
+    (_, base_mib), (docs, big_mib) = [(int(a), int(b)) for a, b in runs]
+    assert docs == 2
+    # the document is 40 MiB as a Python str (UCS-2); the reader joins its pieces, the cache holds its ids: ~9x
+    assert big_mib - base_mib < 12 * 20, (base_mib, big_mib)

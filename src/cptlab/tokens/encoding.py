@@ -4,12 +4,21 @@ Each worker loads the `tokenizers` backend only (no transformers, no torch). Chu
 (`CHUNK_DOCS` documents or `CHUNK_BYTES` characters, whichever comes first), never by the number of workers, and
 results come back in chunk order: any number of workers gives the same bytes as one. At most `2 * workers` chunks
 are in flight, so memory stays bounded.
+
+A document longer than `LONG_DOC` characters (a 50 MB one-line file) is encoded in pieces of at most `PIECE`
+characters, cut where a GPT-2-style byte-level pre-tokenizer (cptlab's own tokenizers; its pattern has no
+look-behind) always ends a pre-token: before whitespace that follows a non-space, or before the last whitespace
+character of a run that precedes a non-space (" word" is one pre-token, the run before it another). BPE never
+merges across pre-tokens, so the ids are exactly those of the whole document, while the tokenizer's working memory
+(100+ bytes per character) stays that of one piece. Tokenizers with other pre-tokenizers may differ slightly at the
+cuts (one every `PIECE` characters). A piece without whitespace (one giant word) is cut at `PIECE` characters.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 import sys
 from collections import deque
 from typing import Iterator
@@ -20,6 +29,8 @@ from cptlab.errors import CptlabError
 
 CHUNK_DOCS = 256  # documents per worker task (fixed: the output never depends on the number of workers)
 CHUNK_BYTES = 1 << 20  # ...or fewer when they add up to this many characters of text
+LONG_DOC = 1 << 20  # documents longer than this (characters) are encoded in pieces
+PIECE = 1 << 18  # ...of about this many characters
 
 
 def _worker_init(tokenizer_json: str, eos_id: int) -> None:
@@ -72,12 +83,25 @@ class Encoder:
             enc.workers = workers
         return enc
 
-    def encode(self, texts: list[str]):
-        """-> (ids uint32 with EOS after each kept document, per-document lengths incl. EOS, n skipped)."""
+    def _batch(self, texts: list[str]) -> list[list[int]]:
         batch = self.backend.encode_batch_fast(texts, add_special_tokens=False) if hasattr(
             self.backend, "encode_batch_fast") else self.backend.encode_batch(texts, add_special_tokens=False)
-        seqs = [e.ids for e in batch]
-        kept = [s for s in seqs if s]
+        return [e.ids for e in batch]
+
+    def _encode_long(self, text: str) -> np.ndarray:
+        return np.concatenate([np.asarray(self._batch([p])[0], dtype=np.uint32) for p in pieces(text, PIECE)])
+
+    def encode(self, texts: list[str]):
+        """-> (ids uint32 with EOS after each kept document, per-document lengths incl. EOS, n skipped)."""
+        short = [i for i, t in enumerate(texts) if len(t) <= LONG_DOC]
+        seqs: list = [None] * len(texts)
+        if short:
+            for i, ids in zip(short, self._batch([texts[i] for i in short])):
+                seqs[i] = ids
+        for i, t in enumerate(texts):
+            if seqs[i] is None:
+                seqs[i] = self._encode_long(t)
+        kept = [s for s in seqs if len(s)]
         lengths = np.fromiter((len(s) + 1 for s in kept), dtype=np.int64, count=len(kept))
         ids = np.empty(int(lengths.sum()), dtype=np.uint32)
         pos = 0
@@ -117,6 +141,23 @@ def result(fut):
     except BrokenProcessPool:
         raise CptlabError("token cache: a tokenizer worker process died (out of memory?); "
                           "try fewer --workers") from None
+
+
+_CUT = re.compile(r"(?<=\S)\s|\s(?=\S)")  # whitespace after a non-space, or the last whitespace before one
+
+
+def pieces(text: str, size: int) -> Iterator[str]:
+    """`text` cut into pieces of at most `size` characters, each cut at the last pre-token boundary in the piece
+    (see the module doc); at `size` characters where there is none (one giant word)."""
+    start, n = 0, len(text)
+    while n - start > size:
+        end = start + size
+        cut = end
+        for m in _CUT.finditer(text, start + 1, end):
+            cut = m.start()
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
 def chunks(docs: Iterator[str], stats_bytes: list[int]) -> Iterator[list[str]]:
