@@ -87,6 +87,7 @@ def test_toy_demo_through_the_cli(tmp_path, tiny_corpus, monkeypatch):
     assert f"{params:,} parameters" in html
     assert ", ".join(f"{t / params:.0f}" for t in checkpoint_tokens(TOY)) + " tokens per parameter" in html
     assert "tokens/parameter" in summary["verdicts"]["target@0.001"]["text"]
+    assert [r["label"] for r in summary["forgetting"]["0.001"]["checkpoints"]] == [c["name"] for c in cks]
     assert 'class="error"' not in html
 
     # a second run reuses every stage: nothing is retrained, every run of the study is skipped

@@ -109,7 +109,7 @@ def test_sweep_runs_resumes_and_reports(tmp_path, pretrain_run, tiny_corpus, mon
     assert all(m["revert"]["bit_identical"] for m in sens["models"])
     assert sens["models"][0]["gammas"][0]["delta_loss"]["mean"] == 0.0  # γ = 0 changes nothing
 
-    from cptlab.report.section_checkpoint_sweep import sweep_table, verdicts
+    from cptlab.report.section_checkpoint_sweep import forgetting, sweep_table, verdicts
     from cptlab.report.sections import ReportContext
 
     ctx = ReportContext(db=db, study_dir=out, out_dir=tmp_path / "r")
@@ -121,11 +121,20 @@ def test_sweep_runs_resumes_and_reports(tmp_path, pretrain_run, tiny_corpus, mon
     assert sorted(t["after"][(name0, 1e-3)]["target"]) == pytest.approx(prose)
     v = verdicts(t)[("target", 1e-3)]
     assert v["best"] in {c["name"] for c in t["checkpoints"]}
+    # forgetting = general (code) log-PPL after - before, per seed, from the database's evaluations
+    before = db.execute("SELECT e.token_perplexity FROM evaluations e JOIN runs r ON r.name = e.run "
+                        "WHERE r.role = 'baseline' AND e.domain = 'code' AND r.name LIKE ?",
+                        (f"%{name0}",)).fetchone()[0]
+    code = sorted(r["token_perplexity"] for r in after if r["domain"] == "code" and name0 in r["run"])
+    f = forgetting(t)[1e-3]["checkpoints"][0]
+    assert f["label"] == name0 and f["n"] == 2
+    assert sorted(f["values"]) == pytest.approx(sorted(math.log(a) - math.log(before) for a in code))
     db.close()
 
     index = render_report(out)
     html = index.read_text()
     assert "checkpoint sweep" in html and "Sensitivity to parameter noise" in html
     assert "ends best" in html or "ends worse" in html
+    assert "forgetting, lr 0.001" in html and (index.parent / "checkpoint-sweep-forgetting.png").is_file()
     assert (index.parent / "checkpoint-sweep.png").is_file() and (index.parent / "sensitivity-vs-tokens.png").is_file()
     assert 'class="error"' not in html and not list(index.parent.glob("section-*-error.log"))

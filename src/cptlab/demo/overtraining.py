@@ -275,7 +275,7 @@ def _run(out: Path, quick: bool, s: OvertrainingSettings, corpus_dir: str | Path
 
 def summarize_study(study_dir: Path) -> dict:
     """The verdicts and the sensitivity trend, computed from the study's database (what the report shows)."""
-    from cptlab.report.section_checkpoint_sweep import sweep_table, verdicts
+    from cptlab.report.section_checkpoint_sweep import forgetting, sweep_table, verdicts
     from cptlab.report.section_sensitivity import reference_gamma, sensitivity_results, verdict_text
     from cptlab.report.sections import ReportContext
     from cptlab.study.store import Store
@@ -283,11 +283,12 @@ def summarize_study(study_dir: Path) -> dict:
     with Store(study_dir, create=False) as store:
         ctx = ReportContext(db=store.conn, study_dir=study_dir, out_dir=study_dir / "report")
         table = sweep_table(ctx)
-        out: dict = {"verdicts": {}, "checkpoints": [], "sensitivity": None}
+        out: dict = {"verdicts": {}, "forgetting": {}, "checkpoints": [], "sensitivity": None}
         if table is not None:
             out["checkpoints"] = table["checkpoints"]
             out["target"], out["general"] = table["target"], table["general"]
             out["verdicts"] = {f"{g}@{lr:g}": v for (g, lr), v in verdicts(table).items()}
+            out["forgetting"] = {f"{lr:g}": f for lr, f in forgetting(table).items()}
         sens = sensitivity_results(ctx)
         if sens:
             res = sens[-1][1]
@@ -312,6 +313,8 @@ def _print_summary(summary: dict) -> None:
         con.print(f"[bold]sensitivity:[/] {summary['sensitivity']['text']}")
     for key, v in summary["verdicts"].items():
         con.print(f"[bold]{key}:[/] {v['text']}")
+    for f in summary.get("forgetting", {}).values():
+        con.print(f"[bold]forgetting:[/] {f['text']}")
 
 
 # Held-out demo domains to adapt to when the preferred one could not be built on this machine (best first).

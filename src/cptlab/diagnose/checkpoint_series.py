@@ -225,7 +225,7 @@ def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perp
                            "last_mean": last["mean"], "checkpoints": rows}
     if best_i == len(rows) - 1:
         out.update(u_shape=False, difference=0.0, difference_se=None,
-                   verdict="monotone", text=f"Adapting from the last checkpoint {last['label']}{_seen(last)} ends "
+                   verdict="monotone", text=f"Adapting from the last checkpoint {last['label']}{seen_text(last)} ends "
                    f"best ({metric}: {last['mean']:.4g}); no sign that longer pretraining hurt adaptation.")
         return out
     diff = last["mean"] - best["mean"]
@@ -237,8 +237,8 @@ def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perp
     worse_later = [r["label"] for r in later if r["mean"] > best["mean"]]
     significant = se is not None and se > 0 and diff > z * se
     out.update(difference=diff, relative_difference=rel, difference_se=se, later_worse=worse_later)
-    head = (f"Adapting from checkpoint {best['label']}{_seen(best)} ends best ({metric}: {best['mean']:.4g}); "
-            f"the last checkpoint {last['label']}{_seen(last)} ends worse by {diff:.4g} ({100 * rel:+.1f}%)")
+    head = (f"Adapting from checkpoint {best['label']}{seen_text(best)} ends best ({metric}: {best['mean']:.4g}); "
+            f"the last checkpoint {last['label']}{seen_text(last)} ends worse by {diff:.4g} ({100 * rel:+.1f}%)")
     if se is None:
         out.update(u_shape=None, verdict="u-shape (one seed)",
                    text=head + ", from a single seed: no spread to judge whether this is more than noise.")
@@ -253,7 +253,7 @@ def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perp
     return out
 
 
-def _seen(row: dict[str, Any]) -> str:
+def seen_text(row: dict[str, Any]) -> str:
     """' (1.47M tokens, 34 tokens/parameter)' for a verdict row; '' when the token count is unknown."""
     if row.get("tokens") is None:
         return ""

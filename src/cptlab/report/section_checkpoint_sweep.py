@@ -77,6 +77,52 @@ def verdicts(t: dict[str, Any]) -> dict[tuple[str, float], dict[str, Any]]:
     return out
 
 
+def forgetting(t: dict[str, Any]) -> dict[float, dict[str, Any]]:
+    """Per lr: how much adaptation raised the general log-perplexity (log PPL after - log PPL before, nats per
+    token) from each checkpoint, over seeds, and whether that rise grows with pretraining tokens.
+
+    The paper's mechanism: later checkpoints are more sensitive, so the same adaptation degrades what pretraining
+    learnt more. {lr: {"checkpoints": [{label, tokens, parameters, n, mean, std, sem}], "text"}}; empty without
+    general domains."""
+    if not t["general"]:
+        return {}
+    out = {}
+    for lr in t["lrs"]:
+        rows = []
+        for c in t["checkpoints"]:
+            b = t["before"].get(c["name"], {}).get("general")
+            a = t["after"].get((c["name"], lr), {}).get("general", [])
+            if b and a:
+                rows.append({"label": c["name"], "tokens": c.get("tokens"), "parameters": c.get("parameters"),
+                             **summarize([math.log(v) - math.log(b) for v in a])})
+        out[lr] = {"checkpoints": rows, "text": _forgetting_text(rows, lr)}
+    return out
+
+
+def _forgetting_text(rows: list[dict[str, Any]], lr: float) -> str:
+    from cptlab.diagnose.checkpoint_series import seen_text
+
+    if len(rows) < 2:
+        return f"lr {lr:g}: fewer than two checkpoints with general perplexity before and after; nothing to compare."
+    first, last = rows[0], rows[-1]
+    diff = last["mean"] - first["mean"]
+    se = math.sqrt(first["sem"] ** 2 + last["sem"] ** 2) if first["sem"] is not None and last["sem"] is not None \
+        else None
+    text = (f"At lr {lr:g}, adaptation raised the general log-perplexity by {first['mean']:+.3f} nats from "
+            f"{first['label']}{seen_text(first)} and by {last['mean']:+.3f} from {last['label']}{seen_text(last)}")
+    if se:
+        text += f" (difference {diff:+.3f}, {abs(diff) / se:.1f} standard errors over seeds)"
+    else:
+        text += f" (difference {diff:+.3f}, one seed: no spread)"
+    if se and diff > 2 * se:
+        text += ": the later checkpoint forgets more of its pretraining when adapted, as the paper predicts."
+    elif se and diff < -2 * se:
+        text += ": the later checkpoint forgets less; no sign of progressive sensitivity in forgetting."
+    else:
+        text += ": no clear difference beyond the spread over seeds."
+    return text
+
+
 def checkpoint_sweep_section(ctx: ReportContext) -> Section | None:
     t = sweep_table(ctx)
     if t is None:
@@ -107,7 +153,7 @@ def checkpoint_sweep_section(ctx: ReportContext) -> Section | None:
         ax.set_xlabel("pretraining tokens of the starting checkpoint (log scale)" if have_tokens
                       else "starting checkpoint (index)")
         doms = ", ".join(t[group])
-        ax.set_ylabel(f"{group} perplexity (geo. mean of {doms}; token PPL)")
+        ax.set_ylabel(f"{group} token perplexity" + (" (geometric mean)" if len(t[group]) > 1 else ""))
         ax.set_title(f"{group}: {doms}", fontsize=9)
         ax.legend(fontsize=7)
     html = [
@@ -120,8 +166,28 @@ def checkpoint_sweep_section(ctx: ReportContext) -> Section | None:
     ]
     for (group, lr), v in verdicts(t).items():
         html.append(f"<p class=\"verdict\"><b>{ctx.escape(group)}, lr {lr:g}:</b> {ctx.escape(v['text'])}</p>")
+    forgot = forgetting(t)
+    if forgot:
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        for j, (lr, f) in enumerate(forgot.items()):
+            rows = [(x, r) for x, c in zip(xs, cks) for r in f["checkpoints"] if r["label"] == c["name"]]
+            if rows:
+                ax.errorbar([x for x, _ in rows], [r["mean"] for _, r in rows], yerr=[r["sem"] or 0 for _, r in rows],
+                            marker="o", capsize=3, color=plt.get_cmap("tab10")(j), label=f"lr {lr:g}")
+        if have_tokens:
+            token_ticks(ax, xs)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("pretraining tokens of the starting checkpoint (log scale)" if have_tokens
+                      else "starting checkpoint (index)")
+        ax.set_ylabel("general log-PPL after - before (nats/token)")
+        ax.legend(fontsize=7)
+        html.append(ctx.figure(fig, "checkpoint-sweep-forgetting", "Forgetting: how much adapting each checkpoint "
+                               "raised the general (pretraining) log-perplexity"))
+        for lr, f in forgot.items():
+            html.append(f"<p class=\"verdict\"><b>forgetting, lr {lr:g}:</b> {ctx.escape(f['text'])}</p>")
     cols = ["checkpoint", "tokens seen", "parameters", "tokens / parameter", "lr", "seeds", "target PPL before",
-            "target PPL after", "± SE", "general PPL before", "general PPL after", "± SE"]
+            "target PPL after", "± SE", "general PPL before", "general PPL after", "± SE",
+            "general Δ log-PPL (forgetting)", "± SE"]
     rows = []
     for c in cks:
         params = c.get("parameters")
@@ -130,8 +196,9 @@ def checkpoint_sweep_section(ctx: ReportContext) -> Section | None:
             a = t["after"].get((c["name"], lr), {})
             st, sg = summarize(a.get("target", [])), summarize(a.get("general", []))
             b = t["before"].get(c["name"], {})
+            fg = next((r for r in forgot.get(lr, {}).get("checkpoints", []) if r["label"] == c["name"]), {})
             rows.append([c["name"], c.get("tokens"), params, tpp, lr, st["n"], b.get("target"), st["mean"],
-                         st["sem"], b.get("general"), sg["mean"], sg["sem"]])
+                         st["sem"], b.get("general"), sg["mean"], sg["sem"], fg.get("mean"), fg.get("sem")])
     html.append(ctx.table(cols, rows))
     return Section("Adapting each pretraining checkpoint (checkpoint sweep)", "\n".join(html))
 
