@@ -82,3 +82,33 @@ def test_help_has_examples(capsys):
     assert "Example: cptlab eval" in capsys.readouterr().out
     assert run(["compare", "--help"]) == 0
     assert "Example: cptlab compare" in capsys.readouterr().out
+
+
+ISSUE_FLAGS = ["--model", "--corpus", "--split", "--domains", "--context", "--stride", "--mode", "--batch-size",
+               "--precision", "--token-losses", "--json"]
+DOMAIN_FIELDS = {"documents", "tokens", "words", "bytes", "nll_sum", "token_perplexity", "word_perplexity",
+                 "byte_perplexity", "bits_per_byte"}
+
+
+def test_every_flag_of_the_issue_reaches_the_json(tiny_model_dir, tiny_corpus, tmp_path, capsys):
+    """The interface of issue 4, flag by flag, with non-default values; the JSON says what was used."""
+    from cptlab.evaluate import read_token_losses
+
+    assert run(["eval", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    for flag in ISSUE_FLAGS:
+        assert flag in help_text, flag
+    out, tl = tmp_path / "r.json", tmp_path / "tl.parquet"
+    code = run(["eval", "--model", str(tiny_model_dir), "--corpus", str(tiny_corpus), "--split", "valid",
+                "--domains", "code", "--context", "64", "--stride", "48", "--mode", "m2d2", "--batch-size", "3",
+                "--precision", "bf16", "--token-losses", str(tl), "--json", str(out), "--max-documents", "3",
+                "--quiet"])
+    assert code == 0
+    data = json.loads(out.read_text())
+    s = data["settings"]
+    assert (s["split"], s["context"], s["stride"], s["mode"], s["precision"], s["batch_size"]) == (
+        "valid", 64, 48, "m2d2", "bf16", 3)
+    assert s["model"] == str(tiny_model_dir) and s["tokenizer"] == str(tiny_model_dir)
+    assert list(data["domains"]) == ["code"] and set(data["domains"]["code"]) == DOMAIN_FIELDS
+    losses = read_token_losses(tl)
+    assert losses.settings["mode"] == "m2d2" and len(losses) == data["domains"]["code"]["tokens"]

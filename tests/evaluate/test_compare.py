@@ -32,15 +32,15 @@ def test_attribution_sums_to_total(evaluated, after_path):
     b, a = read_token_losses(before_path), read_token_losses(after_path)
     total = (math.fsum(a.nll) - math.fsum(b.nll)) / len(b)
     assert out["total"]["delta_log_ppl"] == pytest.approx(total, rel=1e-12, abs=1e-15)
-    assert math.fsum(t["contribution"] for t in out["tokens"]) == pytest.approx(total, rel=1e-9, abs=1e-14)
-    assert math.fsum(c["contribution"] for c in out["classes"].values()) == pytest.approx(total, rel=1e-9,
-                                                                                          abs=1e-14)
-    assert out["check"]["sum_token_contributions"] == pytest.approx(total, rel=1e-9, abs=1e-14)
+    assert math.fsum(t["contribution"] for t in out["tokens"]) == pytest.approx(total, rel=1e-12, abs=1e-15)
+    assert math.fsum(c["contribution"] for c in out["classes"].values()) == pytest.approx(total, rel=1e-12,
+                                                                                          abs=1e-15)
+    assert out["check"]["sum_token_contributions"] == pytest.approx(total, rel=1e-12, abs=1e-15)
     assert sum(c["count"] for c in out["classes"].values()) == len(b)
     for d, r in out["domains"].items():
         assert r["ppl_before"] == pytest.approx(result.to_dict()["domains"][d]["token_perplexity"], rel=1e-6)
         assert math.fsum(c["contribution"] for c in r["classes"].values()) == pytest.approx(
-            r["delta_log_ppl"], rel=1e-9, abs=1e-14)
+            r["delta_log_ppl"], rel=1e-12, abs=1e-15)
     # ranked by |contribution|; one token type checked by hand
     contribs = [abs(t["contribution"]) for t in out["tokens"]]
     assert contribs == sorted(contribs, reverse=True)
@@ -118,3 +118,19 @@ def test_token_class(text, cls):
 
 def test_special_tokens_have_their_own_class():
     assert token_class("<|endoftext|>", special=True) == "special"
+
+
+def test_files_that_are_not_token_losses_fail_clearly(evaluated, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _, before_path = evaluated
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"not parquet at all")
+    with pytest.raises(CptlabError, match="junk.parquet: not a readable parquet file"):
+        compare_token_losses(before_path, junk)
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"doc": [0], "nll": [1.0]}), other)
+    with pytest.raises(CptlabError, match=r"other.parquet: not a cptlab per-token loss file: missing column\(s\) "
+                                          r"domain, position, token_id"):
+        compare_token_losses(other, before_path)
