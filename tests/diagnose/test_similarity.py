@@ -11,9 +11,9 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 
 from cptlab.cli import main
+from cptlab.corpus import iter_documents, open_corpus
 from cptlab.diagnose.similarity import jensen_shannon, similarity, vocab_overlap, word_counts
-from cptlab.diagnose.similarity_sample import make_spec
-from cptlab.errors import CptlabError, UsageError
+from cptlab.diagnose.similarity_sample import SampleSpec, bottom_k, make_spec
 from tests.conftest import write_corpus
 
 MEASURE_KEYS = ("jsd", "jsd_similarity", "vocab_jaccard", "weighted_overlap")
@@ -95,10 +95,8 @@ def test_invariant_to_document_order(tmp_path, corpus_docs, tiny_tokenizer_dir):
         assert _cmp(a, "dom") == _cmp(b, "dom")
         assert a["domains"]["dom"]["sample"]["tokens"] == b["domains"]["dom"]["sample"]["tokens"]
     assert a["domains"]["dom"]["sample"]["documents"] == 40 and a["reference"]["sample"]["documents"] == 40
-    # The JSD itself, recomputed from the sampled texts' token counts.
+    # The JSD itself, recomputed from the sampled texts' word counts with scipy.
     c = similarity(ref, tmp_path / "a", measures="jsd", sample=make_spec(docs=40, seed=3))
-    from cptlab.diagnose.similarity_sample import bottom_k, SampleSpec
-    from cptlab.corpus import open_corpus, iter_documents
     s = SampleSpec(docs=40, bytes=None, seed=3)
     dom = bottom_k(iter_documents(open_corpus(tmp_path / "a").source("dom", "train")), s)
     rf = bottom_k(iter_documents(open_corpus(tmp_path / "ref").source("general", "train")), s)

@@ -201,7 +201,8 @@ def overlap(corpus: str | Path, domains: list[str] | None = None, settings: Over
                 raise CptlabError(f"{src.describe()}: domain {name!r} has no documents in its {split_name!r} split")
         lsh_params = (row.pop("lsh_bands"), row.pop("lsh_rows"))
         row["train_source"], row["test_source"] = train_src.describe(), test_src.describe()
-        row["skipped"] = {settings.train_split: dict(train_stats.skipped), settings.test_split: dict(test_stats.skipped)}
+        row["skipped"] = {settings.train_split: dict(train_stats.skipped),
+                          settings.test_split: dict(test_stats.skipped)}
         results[name] = row
     return {
         "settings": {"corpus": str(corpus), **asdict(settings), "lsh_bands": lsh_params[0],

@@ -41,6 +41,7 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Iterable
 
@@ -72,7 +73,7 @@ def token_counts(texts: Iterable[str], tokenizer, batch_size: int = 512) -> np.n
             ids = [e.ids for e in backend.encode_batch_fast(batch, add_special_tokens=False)]
         else:
             ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
-        flat = np.fromiter((i for row in ids for i in row), dtype=np.int64)
+        flat = np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=sum(map(len, ids)))
         if flat.size:
             counts[:] += np.bincount(flat, minlength=vocab)[:vocab]
         batch.clear()
