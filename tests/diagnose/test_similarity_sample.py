@@ -111,3 +111,11 @@ def test_reference_forms_and_spec_errors(tmp_path, tiny_corpus):
     with pytest.raises(UsageError, match="--sample-docs 0"):
         make_spec(docs=0)
     assert make_spec(docs=5).docs == 5 and make_spec().bytes == 8_000_000
+
+
+def test_reference_from_a_manifest(tmp_path, tiny_corpus):
+    manifest = tmp_path / "corpus.yaml"
+    manifest.write_text(f"general:\n  train: {tiny_corpus / 'code' / 'train.txt'}\n")
+    name, sources = resolve_reference(manifest)
+    assert [s.domain for s in sources] == ["general"]
+    assert sources[0].files and sources[0].files[0].name == "train.txt"

@@ -88,21 +88,27 @@ class Sample:
 
 
 def resolve_reference(spec: str | Path, split: str = "train") -> tuple[str, list[SplitSource]]:
-    """REF is a corpus root (all domains pooled), `ROOT:dom1,dom2` (those domains) or a single file."""
+    """REF is a corpus (a root dir, a corpus .yaml manifest or an `hf:` spec; all its domains with `split`
+    pooled), `ROOT:dom1,dom2` (those domains of a local corpus) or a single text file."""
+    from cptlab.corpus.layout import MANIFEST_SUFFIXES
+
     spec = str(spec)
     path = Path(spec).expanduser()
-    if path.is_file():
+    if path.is_file() and not path.name.lower().endswith(MANIFEST_SUFFIXES):
         return path.name, [SplitSource(path.stem, split, [path])]
+    target: str | Path = path
     domains: list[str] | None = None
-    if not path.exists() and ":" in spec:
+    if spec.startswith("hf:"):
+        target = spec
+    elif not path.exists() and ":" in spec:
         root, _, names = spec.rpartition(":")
-        path = Path(root).expanduser()
+        target = Path(root).expanduser()
         domains = [d.strip() for d in names.split(",") if d.strip()]
         if not domains:
             raise UsageError(f"--reference {spec}: no domain names after ':'")
-    if not path.exists():
+    if isinstance(target, Path) and not target.exists():
         raise CptlabError(f"--reference {spec}: no such file or directory")
-    corpus = open_corpus(path)
+    corpus = open_corpus(target)
     names = domains or [d for d in corpus.domain_names() if split in corpus.domains[d]]
     if not names:
         raise CptlabError(f"--reference {spec}: no domain has a {split!r} split")
