@@ -225,7 +225,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         for g in optimizer.param_groups:  # the new run's hyper-parameters, the old run's moments
             g["betas"], g["eps"] = cfg.optimizer.betas, cfg.optimizer.eps
     if cfg.compile:
-        loss_module = torch.compile(loss_module)
+        loss_module = setup.compile_model(loss_module)
     wrapped, optimizer = accelerator.prepare(loss_module, optimizer)
     params = [p for p in wrapped.parameters() if p.requires_grad]
 

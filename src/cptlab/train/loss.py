@@ -38,14 +38,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 logits = (hc @ w.t()).float()
                 valid = yc != -100
                 safe = yc.clamp(min=0)
-                lse = torch.logsumexp(logits, dim=-1)
-                nll = lse - logits.gather(1, safe.unsqueeze(1)).squeeze(1)
+                rows = torch.arange(logits.shape[0], device=logits.device)
+                # One exp pass serves both the loss and its gradient: with m = max, e = exp(logits - m),
+                # lse = m + log(sum e), NLL = lse - logit[label], softmax = e / sum e.
+                m = logits.amax(dim=-1, keepdim=True)
+                gold = logits[rows, safe] - m.squeeze(1)
+                e = logits.sub_(m).exp_()
+                z = e.sum(dim=-1)
+                nll = z.log() - gold
                 total += torch.where(valid, nll, 0.0).sum()
                 if need_h or need_w:
                     # d(sum NLL)/d logits = softmax - onehot(label), zero for ignored positions.
-                    g = logits.sub_(lse.unsqueeze(1)).exp_()
-                    g[torch.arange(g.shape[0], device=g.device), safe] -= 1.0
-                    g.mul_(valid.unsqueeze(1))
+                    g = e.mul_((valid / z).unsqueeze(1))
+                    g[rows, safe] -= valid.to(g.dtype)
                     g = g.to(compute_dtype)
                     if need_h:
                         grad_h[s : s + chunk] = (g @ w).to(hidden.dtype)

@@ -162,3 +162,22 @@ def build_optimizer(cfg, model, device):
         if o.fused:
             raise CptlabError(f"optimizer.fused: not available on {device.type}: {e}") from None
         return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+
+
+def compile_model(loss_module):
+    """torch.compile, region by region: each decoder block is compiled in place (one compiled graph serves all
+    blocks of the same code, so a cold start costs one block's compile, not the whole model's); the chunked loss
+    stays eager (it is already one matmul + one exp pass per chunk). Models without a block list: the whole
+    loss module is compiled. Parameter names (and so checkpoints) are unchanged either way."""
+    import torch
+
+    from cptlab.train.loss import causal_lm_parts
+
+    decoder, _ = causal_lm_parts(loss_module.model)
+    blocks = next((getattr(decoder, n) for n in ("layers", "h", "blocks") if isinstance(getattr(decoder, n, None),
+                                                                                      torch.nn.ModuleList)), None)
+    if not blocks:
+        return torch.compile(loss_module)
+    for block in blocks:
+        block.compile()
+    return loss_module
