@@ -136,6 +136,14 @@ def test_cli(tmp_path, tiny_corpus, capsys):
     assert result["domains"]["code"]["jsd_similarity"] == 1.0 and "prose" in out and "1−JSD" in out
     assert result == json.loads(json.dumps(similarity(f"{tiny_corpus}:code", tiny_corpus, measures="jsd,vocab",
                                                       sample=make_spec(docs=30))))
+    # --stream-limit 0: every side seek-sampled (random offsets), reported as such.
+    code, out, err = _cli(["similarity", "--reference", f"{tiny_corpus}:code", "--corpus", str(tiny_corpus),
+                           "--measures", "jsd", "--sample-docs", "10", "--stream-limit", "0", "--json",
+                           str(out_json)], capsys)
+    seek = json.loads(out_json.read_text())
+    assert code == 0 and seek["reference"]["sample"]["mode"] == "seek"
+    assert seek["settings"]["sample"]["stream_limit"] == 0
+    assert seek["domains"]["prose"]["sample"]["documents"] == 10
     # Errors: a message naming what is wrong, the right exit code, no traceback.
     empty = write_corpus(tmp_path / "e", {"x": ["a b", "c d", "e f"]})
     (empty / "x" / "train.txt").write_text("\n \n\n")

