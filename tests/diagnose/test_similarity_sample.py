@@ -119,3 +119,17 @@ def test_reference_from_a_manifest(tmp_path, tiny_corpus):
     name, sources = resolve_reference(manifest)
     assert [s.domain for s in sources] == ["general"]
     assert sources[0].files and sources[0].files[0].name == "train.txt"
+
+
+def test_seek_sample_over_several_files(tmp_path):
+    """A split made of several files (one empty, one blank-only): documents of every file, nothing else."""
+    docs = _docs(120, seed=5)
+    paths = [tmp_path / f"part-{i}.txt" for i in range(4)]
+    paths[0].write_text("\n\n".join(docs[:70]) + "\n", encoding="utf-8")
+    paths[1].write_text("", encoding="utf-8")
+    paths[2].write_text("\n \n\n", encoding="utf-8")
+    paths[3].write_text("\n\n".join(docs[70:]) + "\n", encoding="utf-8")
+    src = SplitSource("d", "train", paths)
+    s = sample_documents("d", [src], SampleSpec(docs=50, bytes=None, seed=2, stream_limit=0))
+    assert len(s.texts) == 50 and set(s.texts) <= set(docs)
+    assert set(s.texts) & set(docs[:70]) and set(s.texts) & set(docs[70:])
