@@ -287,7 +287,8 @@ def write_markdown(r: dict, args) -> None:
         "Phases are timed in a second pass (warm imports and files). The CPU time counts every thread of the "
         "process, so on 2 dedicated cores the wall time would be about that figure or less (files are cached); "
         "on this shared machine (other engineers' test runs) the wall time was several times the CPU time. "
-        "The embedding (MiniLM on 2 × 128 documents), tokenizing the two 8 MB samples and streaming the domain dominate.",
+        "The embedding (MiniLM on 2 × 128 documents), tokenizing the two 8 MB samples and streaming the domain "
+        "dominate.",
         "",
         "Reading the noise figures: the generated corpora repeat each document many times (the domain ~5x, the "
         "reference ~40x). A streamed bottom-k sample keeps or drops all copies of a document together (they have "
