@@ -170,3 +170,32 @@ def test_overlap_cli(tmp_path, tiny_corpus, capsys):
     assert set(r["domains"]) == {"code", "prose"} and "near %" in out
     code, out, err = _cli(["overlap", "--corpus", str(tiny_corpus), "--threshold", "2"], capsys)
     assert code == 2 and "--threshold" in err and "Traceback" not in err
+
+
+def test_cli_read_options(tmp_path, capsys):
+    """--txt-mode line: every line a document (sample sizes count lines); --text-field for jsonl."""
+    lines = [f"line {i} alpha beta gamma" for i in range(30)]
+    for name in ("ref", "dom"):
+        (tmp_path / name / "d").mkdir(parents=True)
+        (tmp_path / name / "d" / "train.txt").write_text("\n".join(lines) + "\n")
+        (tmp_path / name / "d" / "test.txt").write_text("\n".join(lines[:5]) + "\n")
+    out_json = tmp_path / "s.json"
+    args = ["similarity", "--reference", str(tmp_path / "ref"), "--corpus", str(tmp_path / "dom"), "--measures",
+            "jsd", "--json", str(out_json)]
+    code, _, err = _cli(args + ["--txt-mode", "line"], capsys)
+    r = json.loads(out_json.read_text())
+    assert code == 0 and r["domains"]["d"]["sample"]["documents"] == 30 and r["domains"]["d"]["jsd"] == 0.0
+    code, _, err = _cli(args, capsys)
+    assert code == 0 and json.loads(out_json.read_text())["domains"]["d"]["sample"]["documents"] == 1
+    code, _, err = _cli(args + ["--txt-mode", "para"], capsys)
+    assert code == 2 and "txt_mode" in err and "Traceback" not in err
+    code, _, err = _cli(["overlap", "--corpus", str(tmp_path / "dom"), "--txt-mode", "line", "--json",
+                         str(out_json)], capsys)
+    r = json.loads(out_json.read_text())["domains"]["d"]
+    assert code == 0 and (r["train_docs"], r["test_docs"], r["exact_duplicates"]) == (30, 5, 5)
+    (tmp_path / "j" / "d").mkdir(parents=True)
+    (tmp_path / "j" / "d" / "train.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in lines))
+    code, _, err = _cli(["similarity", "--reference", str(tmp_path / "ref"), "--corpus", str(tmp_path / "j"),
+                         "--measures", "jsd", "--txt-mode", "line", "--text-field", "body", "--json",
+                         str(out_json)], capsys)
+    assert code == 0 and json.loads(out_json.read_text())["domains"]["d"]["jsd"] == 0.0

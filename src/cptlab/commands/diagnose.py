@@ -41,6 +41,9 @@ def register(app: typer.Typer) -> None:
         stream_limit: int = typer.Option(256 * 2**20, "--stream-limit", help="Sources larger than this many bytes "
                                          "are seek-sampled (random offsets) instead of read whole; plain "
                                          ".txt/.jsonl only."),
+        txt_mode: str = typer.Option("blank-line", "--txt-mode", help="blank-line | line: how .txt files "
+                                     "separate documents."),
+        text_field: str = typer.Option("text", "--text-field", help="Field/column holding the text."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result JSON here."),
         quiet: bool = typer.Option(False, "--quiet", help="No logs."),
     ) -> None:
@@ -49,6 +52,7 @@ def register(app: typer.Typer) -> None:
         Example: cptlab similarity --reference pretrain/ --corpus domains/ --tokenizer tok/ --json sim.json
         """
         from cptlab.console import set_quiet
+        from cptlab.corpus import ReadOptions
         from cptlab.diagnose.similarity import parse_measures, similarity
         from cptlab.diagnose.similarity_sample import make_spec
         from cptlab.errors import UsageError
@@ -62,7 +66,8 @@ def register(app: typer.Typer) -> None:
                          stream_limit=stream_limit)
         result = similarity(reference, corpus, tokenizer=tokenizer, split=split, reference_split=reference_split,
                             domains=_split_list(domains), sample=spec, measures=parse_measures(measures),
-                            embedding_model=embedding_model, min_count=min_count)
+                            embedding_model=embedding_model, min_count=min_count,
+                            read_options=ReadOptions(txt_mode=txt_mode, text_field=text_field))
         if json_out is not None:
             atomic_write_json(json_out, result)
         print_similarity(result)
@@ -79,6 +84,9 @@ def register(app: typer.Typer) -> None:
         shingle_words: int = typer.Option(5, "--shingle-words", help="Words per shingle."),
         num_perm: int = typer.Option(128, "--num-perm", help="MinHash permutations."),
         seed: int = typer.Option(1, "--seed", help="MinHash seed."),
+        txt_mode: str = typer.Option("blank-line", "--txt-mode", help="blank-line | line: how .txt files "
+                                     "separate documents."),
+        text_field: str = typer.Option("text", "--text-field", help="Field/column holding the text."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result JSON here."),
         quiet: bool = typer.Option(False, "--quiet", help="No logs."),
     ) -> None:
@@ -87,6 +95,7 @@ def register(app: typer.Typer) -> None:
         Example: cptlab overlap --corpus domains/ --threshold 0.8 --json overlap.json
         """
         from cptlab.console import set_quiet
+        from cptlab.corpus import ReadOptions
         from cptlab.diagnose.overlap import OverlapSettings, overlap
         from cptlab.fsutil import atomic_write_json
 
@@ -94,7 +103,8 @@ def register(app: typer.Typer) -> None:
             set_quiet(True)
         settings = OverlapSettings(train_split=train_split, test_split=test_split, threshold=threshold,
                                    num_perm=num_perm, shingle_words=shingle_words, seed=seed)
-        result = overlap(corpus, domains=_split_list(domains), settings=settings)
+        result = overlap(corpus, domains=_split_list(domains), settings=settings,
+                         read_options=ReadOptions(txt_mode=txt_mode, text_field=text_field))
         if json_out is not None:
             atomic_write_json(json_out, result)
         print_overlap(result)

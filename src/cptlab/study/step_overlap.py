@@ -15,7 +15,7 @@ and returns {json, near_duplicate_fraction: {domain: fraction}}.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -32,17 +32,22 @@ class OverlapStep(StrictModel):
     num_perm: int = Field(128, ge=16)
     shingle_words: int = Field(5, ge=1)
     seed: int = 1
+    txt_mode: Literal["blank-line", "line"] = "blank-line"
+    text_field: str = "text"
 
 
 def overlap_step(step: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     """Duplicate counts between the train and test split of every domain."""
+    from cptlab.corpus import ReadOptions
     from cptlab.diagnose.overlap import OverlapSettings, overlap
     from cptlab.fsutil import atomic_write_json
 
     settings = OverlapSettings(train_split=step.get("train_split", "train"), test_split=step.get("test_split", "test"),
                                threshold=float(step.get("threshold", 0.8)), num_perm=int(step.get("num_perm", 128)),
                                shingle_words=int(step.get("shingle_words", 5)), seed=int(step.get("seed", 1)))
-    result = overlap(step["corpus"], domains=step.get("domains"), settings=settings)
+    result = overlap(step["corpus"], domains=step.get("domains"), settings=settings,
+                     read_options=ReadOptions(txt_mode=step.get("txt_mode", "blank-line"),
+                                              text_field=step.get("text_field", "text")))
     path = ctx.step_dir / "overlap.json"
     atomic_write_json(path, result)
     ctx.add_artifact("overlap", path)

@@ -17,7 +17,7 @@ weighted_overlap, embedding_cosine, ..., "sample"}}}`; measures not asked for ar
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -40,10 +40,13 @@ class SimilarityStep(StrictModel):
     embedding_docs: int = Field(128, ge=1)
     min_count: int = Field(2, ge=1)
     stream_limit: int = Field(256 * 2**20, ge=0)  # bytes; larger plain .txt/.jsonl sources are seek-sampled
+    txt_mode: Literal["blank-line", "line"] = "blank-line"
+    text_field: str = "text"
 
 
 def similarity_step(step: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     """Similarity of every domain to the reference, by the measures asked for."""
+    from cptlab.corpus import ReadOptions
     from cptlab.diagnose.similarity import similarity
     from cptlab.diagnose.similarity_sample import make_spec
     from cptlab.fsutil import atomic_write_json
@@ -55,7 +58,9 @@ def similarity_step(step: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
                         split=step.get("split", "train"), reference_split=step.get("reference_split"),
                         domains=step.get("domains"), sample=spec,
                         measures=step.get("measures", ["jsd", "vocab", "embedding"]),
-                        embedding_model=step.get("embedding_model"), min_count=step.get("min_count", 2))
+                        embedding_model=step.get("embedding_model"), min_count=step.get("min_count", 2),
+                        read_options=ReadOptions(txt_mode=step.get("txt_mode", "blank-line"),
+                                                 text_field=step.get("text_field", "text")))
     path = ctx.step_dir / "similarity.json"
     atomic_write_json(path, result)
     ctx.add_artifact("similarity", path)
