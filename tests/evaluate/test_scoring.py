@@ -103,3 +103,32 @@ def test_other_errors_are_not_retried(tiny_model, windows, monkeypatch):
     monkeypatch.setattr(Scorer, "_forward", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         Scorer(tiny_model).score(*windows)
+
+
+def test_cpu_workers_run_batches_single_threaded(tiny_model, windows, reference, monkeypatch):
+    """With 2 torch threads, batches run on 2 worker threads with 1 torch thread each; the thread count is
+    restored and the numbers are those of the plain computation; an OOM splits the batch in halves."""
+    import threading
+
+    seqs, jobs = windows
+    real = Scorer._forward
+    seen = []
+
+    def spy(self, seqs_, batch):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        if len(batch) * max(j.length for j in batch) > 64:
+            raise RuntimeError("out of memory (simulated)")
+        return real(self, seqs_, batch)
+
+    monkeypatch.setattr(Scorer, "_forward", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        scorer = Scorer(tiny_model, token_budget=256)
+        got = scorer.score(seqs, jobs)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert_close(got, reference)
+    assert {t for t, _ in seen} <= {f"cptlab-score_{k}" for k in range(2)} and {n for _, n in seen} == {1}
+    assert scorer.tokens_read == sum(j.length for j in jobs) and scorer.token_budget <= 64

@@ -5,9 +5,13 @@ Speed without changing the numbers:
   a causal model never lets a real position see the padding to its right, exactly as lm-eval's HFLM does);
 - `batch_size="auto"` fills a token budget per batch (tuned for CPU; from free memory on CUDA) and halves it
   on an out-of-memory error;
-- the output layer runs only on the scored positions, in row chunks of ~1 M logits, and only the target's
+- the output layer runs only on the scored positions, in row chunks of ~2 M logits, and only the target's
   log-probability is kept (`log_softmax` of the chunk in fp32, gathered): no full `[batch, length, vocab]` tensor;
-- `torch.inference_mode`, and optional bf16 autocast (`precision="bf16"`).
+- `torch.inference_mode`, and optional bf16 autocast (`precision="bf16"`);
+- on CPU, batches run on one worker thread per torch thread, each batch single-threaded (torch's thread count
+  is set to 1 while scoring and restored after): the same batches and the same numbers, but no per-operation
+  fork/join between cores. Intra-op threads stall at every operation's barrier when another process holds a
+  core; on the shared 2-core benchmark machine, 2 intra-op threads ran 3-5x slower than 1 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ PLAIN_HEAD_MODEL_TYPES = {
 _SCALED_LOGITS_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp32 weights; bf16/fp16 = autocast of the matmuls
-CPU_TOKEN_BUDGET = 2048  # tokens per forward on CPU (auto): larger batches fall out of cache, see BENCHMARKS.md
-HEAD_CHUNK_ELEMENTS = 1 << 19  # rows * vocab of fp32 logits alive at once (2 MB: stays in cache)
+CPU_TOKEN_BUDGET = 2048  # tokens per forward on CPU (auto): 1024 and 2048 equal, 4096 ~5% slower (same test)
+# rows * vocab of fp32 logits alive at once (8 MB). Measured on the 2-core benchmark CPU (llama-7m, vocab 8192,
+# tokens per CPU-second): 1<<19 (64 rows) 3.6-3.7 k, 1<<20 3.9-4.0 k, 1<<21 4.0-4.2 k, 1<<22 4.0-4.2 k,
+# 1<<24 3.8-4.1 k: the head's matmul wants a few hundred rows more than the logits want to stay in cache.
+HEAD_CHUNK_ELEMENTS = 1 << 21
 
 
 @dataclass
@@ -88,7 +95,7 @@ class Scorer:
     """Scores windows of token sequences with one model; reusable across calls (keeps its batch-size state)."""
 
     def __init__(self, model, batch_size="auto", precision: str = "fp32", device=None,
-                 token_budget: int | None = None, use_head_split: bool = True):
+                 token_budget: int | None = None, use_head_split: bool = True, cpu_workers: bool = True):
         import torch
 
         self.model = model
@@ -106,6 +113,7 @@ class Scorer:
         self.token_budget = token_budget or self._default_budget()
         self.vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None \
             else model.config.vocab_size
+        self.cpu_workers = cpu_workers
         self.forwards = 0
         self.tokens_read = 0
 
@@ -130,10 +138,35 @@ class Scorer:
         """Per sequence, a float32 array of len(seq): NLL of `seq[k]` where scored, NaN elsewhere."""
         out = [np.full(len(s), np.nan, dtype=np.float32) for s in seqs]
         order = sorted(range(len(jobs)), key=lambda j: (-jobs[j].length, jobs[j].seq, jobs[j].start))
+        sorted_jobs = [jobs[j] for j in order]
+        workers = self._cpu_workers()
+        if workers > 1:
+            results = self._score_parallel(seqs, sorted_jobs, workers)
+        else:
+            results = self._score_sequential(seqs, sorted_jobs)
+        for batch, nll in results:
+            offset = 0
+            for job in batch:
+                first = job.end - job.n_pred + 1
+                out[job.seq][first:job.end + 1] = nll[offset:offset + job.n_pred]
+                offset += job.n_pred
+            self.forwards += 1
+            self.tokens_read += sum(j.length for j in batch)
+        return out
+
+    def _cpu_workers(self) -> int:
+        """On CPU: one worker per torch thread, each running whole batches single-threaded (see the module doc)."""
+        import torch
+
+        if self.device.type != "cpu" or not self.cpu_workers:
+            return 1
+        return max(1, torch.get_num_threads())
+
+    def _score_sequential(self, seqs, jobs: list[Job]):
         pos = 0
-        while pos < len(order):
-            rows = self._rows_for(jobs[order[pos]].length)
-            batch = [jobs[j] for j in order[pos:pos + rows]]
+        while pos < len(jobs):
+            rows = self._rows_for(jobs[pos].length)
+            batch = jobs[pos:pos + rows]
             try:
                 nll = self._forward(seqs, batch)
             except Exception as e:  # out of memory: halve the batch (auto mode) and retry
@@ -142,13 +175,39 @@ class Scorer:
                 _free_cuda()
                 self.token_budget = max(1, (len(batch) // 2) * batch[0].length)
                 continue
-            offset = 0
-            for job in batch:
-                first = job.end - job.n_pred + 1
-                out[job.seq][first:job.end + 1] = nll[offset:offset + job.n_pred]
-                offset += job.n_pred
+            yield batch, nll
             pos += len(batch)
-        return out
+
+    def _score_parallel(self, seqs, jobs: list[Job], workers: int):
+        """Batches planned up front (same batches as the sequential path), run by `workers` threads with one
+        torch thread each; results in plan order. The torch thread count is restored afterwards."""
+        import torch
+        from concurrent.futures import ThreadPoolExecutor
+
+        batches, pos = [], 0
+        while pos < len(jobs):
+            rows = self._rows_for(jobs[pos].length)
+            batches.append(jobs[pos:pos + rows])
+            pos += rows
+
+        def run(batch):
+            try:
+                return [(batch, self._forward(seqs, batch))]
+            except Exception as e:  # out of memory: split in halves (auto mode)
+                if not _is_oom(e) or len(batch) == 1 or self.fixed_batch is not None:
+                    raise
+                half = len(batch) // 2
+                self.token_budget = min(self.token_budget, max(1, half * batch[0].length))
+                return run(batch[:half]) + run(batch[half:])
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cptlab-score") as pool:
+                for parts in pool.map(run, batches):
+                    yield from parts
+        finally:
+            torch.set_num_threads(threads)
 
     def _forward(self, seqs: list[np.ndarray], batch: list[Job]) -> np.ndarray:
         import torch
@@ -177,8 +236,6 @@ class Scorer:
             else:
                 logits = self.model(input_ids=input_ids, use_cache=False).logits[row_t, col_t]
                 nll = self._head_nll(lambda a, b: logits[a:b], tgt_t)
-        self.forwards += 1
-        self.tokens_read += int(sum(j.length for j in batch))
         return nll.cpu().numpy()
 
     def _head_nll(self, logits_of, targets):
