@@ -46,3 +46,19 @@ def test_steps_record_diagnostics(tmp_path, tiny_corpus, tiny_tokenizer_dir):
             assert ov["domains"][d][key] == want["domains"][d][key]
     (res,) = conn.execute("SELECT result FROM steps WHERE name='overlap'").fetchone()
     assert set(json.loads(res)["near_duplicate_fraction"]) == {"code", "prose"}
+
+
+def test_bad_step_options_are_named_before_running(tmp_path, tiny_corpus):
+    from cptlab.errors import CptlabError
+
+    spec = {"name": "bad", "corpus": str(tiny_corpus), "grid": {"x": [1]},
+            "steps": [{"name": "similarity", "kind": "similarity", "reference": str(tiny_corpus),
+                       "corpus": "${corpus_path}", "measures": "jsd,cosine"}]}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(CptlabError, match="measures.*cosine"):
+        run_study(path, tmp_path / "out")
+    spec["steps"] = [{"name": "overlap", "kind": "overlap", "corpus": "${corpus_path}", "threshold": 1.5}]
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(CptlabError, match="threshold"):
+        run_study(path, tmp_path / "out2")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cptlab.config import StrictModel
 from cptlab.study.steps import StepContext, register_step_kind
@@ -42,6 +42,17 @@ class SimilarityStep(StrictModel):
     stream_limit: int = Field(256 * 2**20, ge=0)  # bytes; larger plain .txt/.jsonl sources are seek-sampled
     txt_mode: Literal["blank-line", "line"] = "blank-line"
     text_field: str = "text"
+
+    @field_validator("measures")
+    @classmethod
+    def _known_measures(cls, value):
+        from cptlab.diagnose.similarity import MEASURES
+
+        items = [m.strip() for m in (value.split(",") if isinstance(value, str) else value) if m.strip()]
+        bad = [m for m in items if m not in MEASURES]
+        if bad or not items:
+            raise ValueError(f"unknown measure(s) {bad or '(none given)'}; choose from {', '.join(MEASURES)}")
+        return value
 
 
 def similarity_step(step: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
