@@ -133,3 +133,21 @@ def test_seek_sample_over_several_files(tmp_path):
     s = sample_documents("d", [src], SampleSpec(docs=50, bytes=None, seed=2, stream_limit=0))
     assert len(s.texts) == 50 and set(s.texts) <= set(docs)
     assert set(s.texts) & set(docs[:70]) and set(s.texts) & set(docs[70:])
+
+
+def test_seek_sample_with_long_documents(tmp_path):
+    """Documents longer than the read blocks (up to 200 KB, many lines, long blank runs between some)."""
+    rng = random.Random(9)
+    docs = []
+    for i in range(40):
+        n_lines = rng.choice([1, 3, 200, 3000])
+        docs.append("\n".join(f"d{i} line {k} " + "y" * rng.randint(0, 60) for k in range(n_lines)))
+    seps = ["\n\n", "\n   \n\t\n" + "\n" * 20000 + "\n"]  # some separators longer than a read block
+    text = "".join(d + "\n" + seps[i % 2] for i, d in enumerate(docs))
+    path = tmp_path / "train.txt"
+    path.write_text(text, encoding="utf-8")
+    src = SplitSource("d", "train", [path])
+    real = list(iter_documents(src))
+    assert len(real) == 40
+    s = sample_documents("d", [src], SampleSpec(docs=25, bytes=None, seed=0, stream_limit=0))
+    assert len(s.texts) == 25 and set(s.texts) <= set(real)
