@@ -1,6 +1,6 @@
 """Benchmark: `cptlab.evaluate.perplexity` vs lm-evaluation-harness's HF `loglikelihood_rolling` (issue 4).
 
-    python benchmarks/bench_eval.py [--threads 2] [--reps 2] [--kb 30] [--lm-eval-batch-sizes 1,4,16]
+    python benchmarks/bench_eval.py [--threads 2] [--reps 2] [--kb 20] [--lm-eval-batch-sizes 1,4,16]
 
 Set-up (not timed): two domains of real text from the Python stdlib, written as a jsonl corpus (documents
 verbatim): `code` = top-level chunks of the stdlib's modules (split at two blank lines), `prose` = the English
@@ -237,7 +237,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for every run (cores of this machine)")
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--kb", type=int, default=30, help="KB of test documents per domain")
+    ap.add_argument("--kb", type=int, default=20, help="KB of test documents per domain")
     ap.add_argument("--train-steps", type=int, default=40)
     ap.add_argument("--lm-eval-batch-sizes", default="1,4,16")
     ap.add_argument("--lm-eval-1-thread-batch-sizes", default="4,16",
@@ -290,7 +290,8 @@ def main() -> None:
         configs += [("cptlab bf16", T, lambda: run_cptlab(model, tok, corpus, precision="bf16")),
                     ("cptlab fp32, intra-op threads (no workers)", T,
                      lambda: run_cptlab(model, tok, corpus, variant="intra-op")),
-                    ("cptlab fp32, scorer before 96329fa", T, lambda: run_cptlab(model, tok, corpus, variant="previous"))]
+                    ("cptlab fp32, scorer before 96329fa", T,
+                     lambda: run_cptlab(model, tok, corpus, variant="previous"))]
         runs: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
         threads = {name: t for name, t, _ in configs}
         for rep in range(args.reps):
@@ -350,8 +351,8 @@ def render(args, command, docs, n_params, runs, threads, rss, lm_eval_version) -
     lines = [
         "## Perplexity evaluation (cptlab vs lm-evaluation-harness)",
         "",
-        f"`{command}` — target: cptlab tokens/s ≥ 2 × lm-eval's HF `loglikelihood_rolling` at its best batch size, "
-        f"fp32; peak RSS independent of corpus size. {platform.machine()}, {os.cpu_count()} CPU cores "
+        f"`{command}` — target: cptlab tokens/s ≥ 2 × lm-eval's HF `loglikelihood_rolling` at its best batch "
+        f"size, fp32; peak RSS independent of corpus size. {platform.machine()}, {os.cpu_count()} CPU cores "
         f"**shared with other engineers' jobs (busy and noisy: load average ~{os.getloadavg()[1]:.0f} while this "
         f"ran)**, torch {torch.__version__}, lm-eval {lm_eval_version}; {when}. Medians of {args.reps} "
         "interleaved repetitions (every row once, then again).",
@@ -395,7 +396,8 @@ def render(args, command, docs, n_params, runs, threads, rss, lm_eval_version) -
     ]
     for (chunk, k), r in rss.items():
         lines.append(f"| {chunk:,}{' (default)' if chunk == CHUNK_CHARS else ''} | {k}× | {r['tokens']:,} | "
-                     f"{r['rss_loaded_mb']:.0f} | {r['rss_peak_mb']:.0f} | {r['rss_peak_mb'] - r['rss_loaded_mb']:.0f} |")
+                     f"{r['rss_loaded_mb']:.0f} | {r['rss_peak_mb']:.0f} | "
+                     f"{r['rss_peak_mb'] - r['rss_loaded_mb']:.0f} |")
     small = args.rss_chunk_chars
     d_small = rss[(small, 4)]["rss_peak_mb"] - rss[(small, 1)]["rss_peak_mb"]
     d_def = rss[(CHUNK_CHARS, 4)]["rss_peak_mb"] - rss[(CHUNK_CHARS, 1)]["rss_peak_mb"]

@@ -132,3 +132,27 @@ def test_cpu_workers_run_batches_single_threaded(tiny_model, windows, reference,
     assert_close(got, reference)
     assert {t for t, _ in seen} <= {f"cptlab-score_{k}" for k in range(2)} and {n for _, n in seen} == {1}
     assert scorer.tokens_read == sum(j.length for j in jobs) and scorer.token_budget <= 64
+
+
+def test_cpu_workers_stop_at_the_first_error(tiny_model, windows, monkeypatch):
+    seqs, jobs = windows
+    calls = []
+
+    def broken(self, seqs_, batch):
+        import time
+
+        calls.append(len(batch))
+        time.sleep(0.05)  # a forward takes time: the main thread sees the error long before the queue is done
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(Scorer, "_forward", broken)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        scorer = Scorer(tiny_model, batch_size=1)
+        with pytest.raises(RuntimeError, match="shape mismatch"):
+            scorer.score(seqs, jobs)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert len(calls) < len(jobs) // 2  # the queued batches were cancelled, not run

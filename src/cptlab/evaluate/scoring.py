@@ -202,11 +202,12 @@ class Scorer:
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cptlab-score")
         try:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cptlab-score") as pool:
-                for parts in pool.map(run, batches):
-                    yield from parts
-        finally:
+            for parts in pool.map(run, batches):
+                yield from parts
+        finally:  # on an error (or Ctrl-C), batches not started yet are dropped, not run
+            pool.shutdown(wait=True, cancel_futures=True)
             torch.set_num_threads(threads)
 
     def _forward(self, seqs: list[np.ndarray], batch: list[Job]) -> np.ndarray:
