@@ -124,6 +124,10 @@ def sensitivity_section(ctx: ReportContext) -> Section | None:
                         yerr=[r["delta_loss"]["sem"] or 0 for r in rows], marker="o", capsize=3,
                         color=cmap(i / max(1, len(models) - 1)), label=_label(m))
         ax.set_xscale("log")
+        ax.minorticks_off()
+        shown = sorted({r["gamma"] for m in models for r in m["gammas"] if r["gamma"] > 0})
+        ax.set_xticks(shown)
+        ax.set_xticklabels([f"{g:g}" for g in shown], fontsize=8)
         ax.set_xlabel("noise size γ (multiple of the per-tensor scale, log scale)")
         ax.set_ylabel("Δ log-perplexity (nats per token)")
         ax.legend(fontsize=7)
