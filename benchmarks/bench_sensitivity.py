@@ -126,7 +126,8 @@ def main() -> int:
         "",
         f"`copy` holds {perturbed_bytes / 1e6:.1f} MB of host memory while perturbed and restores bit-identical "
         f"weights: {'yes' if copy_exact else 'NO'}. `subtract` holds nothing extra and left {changed:,} of "
-        f"{n_params:,} weights not bit-identical at γ = 1 (largest difference {max_err:.2e}; not guaranteed in general).",
+        f"{n_params:,} weights not bit-identical at γ = 1 (largest difference {max_err:.2e}; exactness is not "
+        "guaranteed in general).",
         f"A 5-γ × 5-seed measurement of one checkpoint on these tokens: ~{base + 25 * point:.0f} s.",
         "",
     ]

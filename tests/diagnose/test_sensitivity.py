@@ -1,4 +1,4 @@
-"""Sensitivity (θ + γ·ε): exact revert, requested noise scale, reproducible seeds, spread that shrinks with seeds."""
+"""Sensitivity (θ + γ·ε): exact revert, requested noise scale, reproducible seeds, spread shrinking with seeds."""
 
 from __future__ import annotations
 

@@ -206,8 +206,9 @@ def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perp
     """Does adapting from later checkpoints end worse than from an earlier one?
 
     `points`: one per checkpoint, in pretraining order, each `{"label", "tokens", "values": [one per seed]}` and
-    optionally "parameters" (then the text says how many tokens per parameter the checkpoints saw); lower is better. The best checkpoint is the one with the lowest mean; the curve "turns up" when a later
-    checkpoint ends worse than the best by more than `z` standard errors of the difference (SE from the spread
+    optionally "parameters" (then the text says how many tokens per parameter the checkpoints saw); lower is
+    better. The best checkpoint is the one with the lowest mean; the curve "turns up" when a later checkpoint ends
+    worse than the best by more than `z` standard errors of the difference (SE from the spread
     over seeds; with one seed there is no spread and the verdict says the evidence is a single run).
     """
     rows = []

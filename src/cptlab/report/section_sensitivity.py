@@ -110,7 +110,8 @@ def sensitivity_section(ctx: ReportContext) -> Section | None:
         s, models = res["settings"], res["models"]
         if not models:
             continue
-        html.append(f"<p>{ctx.escape(name)}: θ + γ·ε with ε drawn per tensor at the <b>{ctx.escape(s['noise_scale'])}"
+        scale = ctx.escape(s["noise_scale"])
+        html.append(f"<p>{ctx.escape(name)}: θ + γ·ε with ε drawn per tensor at the <b>{scale}"
                     f"</b> scale over {ctx.escape(s['params'])} tensors, {s['seeds']} seed(s) per γ; loss measured on "
                     f"the {ctx.escape(s['split'])} split ({ctx.escape(s.get('evaluator', ''))}). Weights restored by "
                     f"{ctx.escape(models[0]['revert']['method'])}; bit-identical after every checkpoint: "
