@@ -4,6 +4,7 @@ constant-LR phase, the checkpoint-sweep study, its report and the printed verdic
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -94,8 +95,13 @@ def test_toy_demo_through_the_cli(tmp_path, tiny_corpus, monkeypatch):
     mtime = (out / "overtraining" / "pretrain" / "final" / "config.json").stat().st_mtime_ns
     again = ot.run_overtraining_demo(out, settings=TOY)
     assert again["verdicts"] == summary["verdicts"]
+    assert set(again["runs"].values()) == {"skipped"} and set(summary["runs"].values()) == {"done"}
     assert (out / "overtraining" / "pretrain" / "final" / "config.json").stat().st_mtime_ns == mtime
     assert json.loads((out / "overtraining" / "results.json").read_text())["verdicts"] == summary["verdicts"]
+    # another adaptation LR: the pretraining is reused, the study starts afresh (no runs of the old LR remain)
+    other = ot.run_overtraining_demo(out, settings=replace(TOY, adapt_lrs=(3e-3,)))
+    assert set(other["verdicts"]) == {"target@0.003", "general@0.003"} and other["failed_runs"] == []
+    assert (out / "overtraining" / "pretrain" / "final" / "config.json").stat().st_mtime_ns == mtime
 
 
 def test_target_falls_back_to_a_held_out_domain(tmp_path, corpus_docs):

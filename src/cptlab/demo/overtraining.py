@@ -196,6 +196,15 @@ def build_overtraining_study(corpus_dir: str | Path, out_dir: str | Path, quick:
     spec = study_spec(corpus_dir, cache_dir, pre_dir, general, s, parameters=n_params)
     path = out_dir / "study.yaml"
     atomic_write_text(path, yaml.safe_dump(spec, sort_keys=False))
+    # The study runner skips runs it finished, but a changed study (other checkpoints, LRs, seeds) would leave the
+    # old runs in its database and in the report: start that study afresh.
+    study_key = json.dumps([pre_key, spec], sort_keys=True)
+    if stamps.get("study") != study_key:
+        if (out_dir / "study").exists():
+            log(f"the study changed since the last run: removing {out_dir / 'study'}")
+        _remove(out_dir / "study")
+        stamps["study"] = study_key
+        _write_json(out_dir / "stages.json", stamps)
     return path
 
 
@@ -277,8 +286,8 @@ def _run(out: Path, quick: bool, s: OvertrainingSettings, corpus_dir: str | Path
     failed = [n for n, st in result["runs"].items() if st == "failed"]
     index = render_report(study_dir, out / "overtraining" / "report")
     summary = summarize_study(study_dir)
-    summary.update(study="overtraining", report=str(index), study_dir=str(study_dir), failed_runs=failed,
-                   settings=asdict(s), seconds=round(time.perf_counter() - start, 1))
+    summary.update(study="overtraining", report=str(index), study_dir=str(study_dir), runs=result["runs"],
+                   failed_runs=failed, settings=asdict(s), seconds=round(time.perf_counter() - start, 1))
     # OUT/results.json is the demo's contract (cptlab.demo.pipeline); the copy beside the study survives a later
     # `cptlab demo --study odyssey` into the same OUT.
     atomic_write_json(out / "results.json", summary)
