@@ -63,7 +63,7 @@ class OvertrainingSettings:
     adapt_warmup: int = 5
     adapt_lrs: tuple[float, ...] = (3e-3, 1e-2)  # the pretraining LR, and above it (where forgetting is largest)
     adapt_seeds: tuple[int, ...] = (0, 1, 2)
-    eval_max_documents: int = 8  # per domain: bounds the 30 evaluations (validation docs are up to ~40 k tokens)
+    eval_max_documents: int = 8  # per domain: bounds the 49 evaluations (validation docs are up to ~40 k tokens)
     sensitivity_gammas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     sensitivity_seeds: int = 3
     sensitivity_max_tokens: int = 4096
