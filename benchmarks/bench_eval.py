@@ -1,6 +1,6 @@
 """Benchmark: `cptlab.evaluate.perplexity` vs lm-evaluation-harness's HF `loglikelihood_rolling` (issue 4).
 
-    python benchmarks/bench_eval.py [--threads 2] [--reps 2] [--kb 20] [--lm-eval-batch-sizes 1,4,16]
+    python benchmarks/bench_eval.py [--threads 2] [--reps 2] [--kb 40] [--lm-eval-batch-sizes 4,16,32]
 
 Set-up (not timed): two domains of real text from the Python stdlib, written as a jsonl corpus (documents
 verbatim): `code` = top-level chunks of the stdlib's modules (split at two blank lines), `prose` = the English
@@ -81,6 +81,7 @@ def make_docs(kb: int, seed: int = 0) -> tuple[dict[str, list[str]], list[str]]:
             k += 1
         test[name] = picked
         train += docs[k:]
+    rng.shuffle(train)
     return test, train
 
 
@@ -102,13 +103,19 @@ def build_model(train_texts: list[str], out: Path, steps: int, seed: int = 0) ->
     from cptlab.model import build_preset, save_model
     from cptlab.tokens.tokenizer import train_bpe
 
-    tok = train_bpe(train_texts, VOCAB, out / "tokenizer")
+    sample, size = [], 0
+    for t in train_texts:  # ~3 MB is plenty for a vocabulary of 8192
+        sample.append(t)
+        size += len(t)
+        if size > 3_000_000:
+            break
+    tok = train_bpe(sample, VOCAB, out / "tokenizer")
     model = build_preset("llama-7m", tok, seed=seed)
     if steps:
         ids = []
-        for t in train_texts[:20000]:
+        for t in sample:
             ids += tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            if len(ids) > 2_000_000:
+            if len(ids) > 300_000:
                 break
         data = torch.tensor(np.asarray(ids, dtype=np.int64))
         g = torch.Generator().manual_seed(seed)
@@ -237,10 +244,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for every run (cores of this machine)")
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--kb", type=int, default=20, help="KB of test documents per domain")
-    ap.add_argument("--train-steps", type=int, default=40)
-    ap.add_argument("--lm-eval-batch-sizes", default="1,4,16")
-    ap.add_argument("--lm-eval-1-thread-batch-sizes", default="4,16",
+    ap.add_argument("--kb", type=int, default=40, help="KB of test documents per domain")
+    ap.add_argument("--train-steps", type=int, default=30)
+    ap.add_argument("--lm-eval-batch-sizes", default="4,16,32")
+    ap.add_argument("--lm-eval-1-thread-batch-sizes", default="16,32",
                     help="lm-eval also with one torch thread (faster than 2 on a busy machine)")
     ap.add_argument("--rss-chunk-chars", type=int, default=20_000)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "eval.md")

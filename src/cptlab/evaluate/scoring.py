@@ -179,14 +179,18 @@ class Scorer:
             pos += len(batch)
 
     def _score_parallel(self, seqs, jobs: list[Job], workers: int):
-        """Batches planned up front (same batches as the sequential path), run by `workers` threads with one
-        torch thread each; results in plan order. The torch thread count is restored afterwards."""
+        """Batches planned up front, run by `workers` threads with one torch thread each; results in plan order.
+        The torch thread count is restored afterwards."""
         import torch
         from concurrent.futures import ThreadPoolExecutor
 
+        # auto: at least two batches per worker, so that a small evaluation keeps every core busy to the end
+        budget = self.token_budget
+        if self.fixed_batch is None:
+            budget = min(budget, max(1, -(-sum(j.length for j in jobs) // (2 * workers))))
         batches, pos = [], 0
         while pos < len(jobs):
-            rows = self._rows_for(jobs[pos].length)
+            rows = self.fixed_batch or max(1, budget // jobs[pos].length)
             batches.append(jobs[pos:pos + rows])
             pos += rows
 
