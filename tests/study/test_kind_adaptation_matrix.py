@@ -165,3 +165,27 @@ def test_demo_template_fills_and_expands(tmp_path, four_domains, tiny_model_dir,
     assert study.runs[0].steps[0]["max_documents"] == settings.eval_max_documents
     sim = study.runs[-2].steps[0]
     assert sim["reference"].endswith(":code_a,prose_a") and "embedding" in sim["measures"]
+
+
+@pytest.mark.slow
+def test_adaptation_matrix_seeds_lrs_and_embedding(tmp_path, four_domains, tiny_model_dir):
+    """Two learning rates x two seeds, embedding similarity too: PPL after = geometric mean over seeds."""
+    from cptlab.diagnose.adaptation_matrix import matrix_from_db
+    from cptlab.report.render import render_report
+    from cptlab.study.runner import run_study
+
+    spec = _spec(tmp_path, four_domains, {"micro": str(tiny_model_dir)}, lrs=[1e-3, 3e-3], seeds=[0, 1],
+                 similarity={"measures": ["jsd", "vocab", "embedding"], "sample_docs": 8, "embedding_docs": 4},
+                 overlap={})
+    result = run_study(spec, tmp_path / "out")
+    assert result["counts"]["done"] == 1 + 2 * 2 * 4 + 2 and not result["counts"]["failed"], result
+    db = sqlite3.connect(Path(result["study_dir"]) / "results.sqlite")
+    data = matrix_from_db(db, n_boot=20)
+    assert [g["label"] for g in data["groups"]] == ["lr 0.001", "lr 0.003"]
+    vals = [db.execute("SELECT token_perplexity FROM evaluations WHERE run = ? AND domain = 'prose_b' AND "
+                       "step_name = 'eval'", (f"adapt-prose_b-lr0.003-s{s}",)).fetchone()[0] for s in (0, 1)]
+    cell = data["groups"][1]["cells"]["prose_b"]["prose_b"]
+    assert cell["seeds"] == 2 and cell["ppl_after"] == pytest.approx(math.sqrt(vals[0] * vals[1]), rel=1e-12)
+    assert "embedding_cosine" in {c["measure"] for c in data["correlations"]}
+    html = render_report(result["study_dir"]).read_text(encoding="utf-8")
+    assert "(failed)" not in html and "lr 0.003" in html
