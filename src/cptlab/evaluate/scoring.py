@@ -8,10 +8,11 @@ Speed without changing the numbers:
 - the output layer runs only on the scored positions, in row chunks of ~2 M logits, and only the target's
   log-probability is kept (`log_softmax` of the chunk in fp32, gathered): no full `[batch, length, vocab]` tensor;
 - `torch.inference_mode`, and optional bf16 autocast (`precision="bf16"`);
-- on CPU, batches run on one worker thread per torch thread, each batch single-threaded (torch's thread count
-  is set to 1 while scoring and restored after): the same batches and the same numbers, but no per-operation
-  fork/join between cores. Intra-op threads stall at every operation's barrier when another process holds a
-  core; on the shared 2-core benchmark machine, 2 intra-op threads ran 3-5x slower than 1 (BENCHMARKS.md).
+- on CPU, batches run on one worker thread per torch thread (up to 8), each batch single-threaded (torch's
+  thread count is set to 1 while scoring and restored after), at least two batches per worker: the same numbers,
+  but no fork/join between cores at every operation. On a quiet 2-core machine this is as fast as torch's own
+  intra-op threads; when other processes hold a core, intra-op threads stall at every barrier (3-5x slower
+  than one thread on the busy benchmark machine) while workers keep going (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ CPU_TOKEN_BUDGET = 2048  # tokens per forward on CPU (auto): 1024 and 2048 equal
 # tokens per CPU-second): 1<<19 (64 rows) 3.6-3.7 k, 1<<20 3.9-4.0 k, 1<<21 4.0-4.2 k, 1<<22 4.0-4.2 k,
 # 1<<24 3.8-4.1 k: the head's matmul wants a few hundred rows more than the logits want to stay in cache.
 HEAD_CHUNK_ELEMENTS = 1 << 21
+MAX_CPU_WORKERS = 8  # more would multiply activation memory for little gain; extra threads go inside each worker
 
 
 @dataclass
@@ -155,12 +157,13 @@ class Scorer:
         return out
 
     def _cpu_workers(self) -> int:
-        """On CPU: one worker per torch thread, each running whole batches single-threaded (see the module doc)."""
+        """On CPU: one worker per torch thread (at most MAX_CPU_WORKERS), each running whole batches with the
+        remaining threads shared out (one each on a machine with up to MAX_CPU_WORKERS threads)."""
         import torch
 
         if self.device.type != "cpu" or not self.cpu_workers:
             return 1
-        return max(1, torch.get_num_threads())
+        return max(1, min(MAX_CPU_WORKERS, torch.get_num_threads()))
 
     def _score_sequential(self, seqs, jobs: list[Job]):
         pos = 0
@@ -205,7 +208,7 @@ class Scorer:
                 return run(batch[:half]) + run(batch[half:])
 
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        torch.set_num_threads(max(1, threads // workers))  # new threads start with this count
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cptlab-score")
         try:
             for parts in pool.map(run, batches):
