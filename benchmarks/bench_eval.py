@@ -306,6 +306,7 @@ def main() -> None:
             for name, t, fn in configs:
                 torch.set_num_threads(t)
                 r = fn()
+                r["load"] = os.getloadavg()[0]
                 runs[name].append(r)
                 print(f"rep {rep} {name}: {tps(r):,.0f} tok/s, {cps(r):,.0f} tok/CPU-s (load {os.getloadavg()[0]:.1f})",
                       file=sys.stderr, flush=True)
@@ -335,6 +336,7 @@ def render(args, command, docs, n_params, runs, threads, rss, lm_eval_version) -
 
     from cptlab.evaluate.ppl import CHUNK_CHARS
 
+    loads = [r["load"] for rs in runs.values() for r in rs]
     ours = runs["cptlab fp32"]
     ours_tps, ours_cps = med([tps(r) for r in ours]), med([cps(r) for r in ours])
     lm_names = [n for n in runs if n.startswith("lm-eval")]
@@ -361,9 +363,10 @@ def render(args, command, docs, n_params, runs, threads, rss, lm_eval_version) -
         "",
         f"`{command}` — target: cptlab tokens/s ≥ 2 × lm-eval's HF `loglikelihood_rolling` at its best batch "
         f"size, fp32; peak RSS independent of corpus size. {platform.machine()}, {os.cpu_count()} CPU cores "
-        f"**shared with other engineers' jobs (busy and noisy: load average ~{os.getloadavg()[1]:.0f} while this "
-        f"ran)**, torch {torch.__version__}, lm-eval {lm_eval_version}; {when}. Medians of {args.reps} "
-        "interleaved repetitions (every row once, then again).",
+        f"**shared with other engineers' jobs** (1-minute load average {min(loads):.1f}–{max(loads):.1f} after the "
+        f"timed runs; 2 = this benchmark alone), torch {torch.__version__}, lm-eval {lm_eval_version}; {when}. "
+        f"Medians of {args.reps} interleaved repetitions (every row once, then again), so that every row saw the "
+        "same conditions.",
         "",
         f"Model: preset `llama-7m` ({n_params / 1e6:.1f} M parameters, vocab {VOCAB}, context 256), trained "
         f"{args.train_steps} steps on other stdlib text. Documents (verbatim, jsonl): "

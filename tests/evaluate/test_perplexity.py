@@ -225,3 +225,27 @@ def test_failure_midway_leaves_no_token_loss_file(tiny_model, tiny_tokenizer, ti
     with pytest.raises(RuntimeError, match="simulated"):
         perplexity(tiny_model, tiny_tokenizer, corpus=tiny_corpus, max_documents=1, token_losses=out)
     assert not list(tmp_path.iterdir())
+
+
+def test_short_documents_equal_one_forward_per_document(tiny_model, tiny_tokenizer, corpus_docs, tmp_path):
+    """Documents that fit in the context: nll_sum = the sum over documents of one unbatched forward of
+    [BOS] + document with the library's own cross-entropy (an independent route to the same number)."""
+    import json
+
+    import torch.nn.functional as F
+
+    docs = [d for d in corpus_docs["prose"] if len(tiny_tokenizer.encode(d)) <= 120][:12]
+    assert len(docs) == 12
+    (tmp_path / "short").mkdir()
+    (tmp_path / "short" / "test.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    result = perplexity(tiny_model, tiny_tokenizer, corpus=tmp_path, batch_size=5)
+    want, n = 0.0, 0
+    with torch.no_grad():
+        for d in docs:
+            ids = torch.tensor([[tiny_tokenizer.bos_token_id] + tiny_tokenizer.encode(d)])
+            logits = tiny_model(ids).logits[0, :-1].double()
+            want += F.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+            n += ids.shape[1] - 1
+    r = result.domains["short"]
+    assert (r.documents, r.tokens) == (12, n)
+    assert r.nll_sum == pytest.approx(want, rel=1e-5)
