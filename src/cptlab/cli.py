@@ -14,6 +14,14 @@ import typer
 
 from cptlab.errors import CptlabError
 
+try:  # typer >= 0.20 vendors click as typer._click: its exceptions are not click's
+    from typer._click import exceptions as _typer_click
+except ImportError:  # pragma: no cover
+    _typer_click = None
+_CLICK_ERRORS = (click.ClickException,) + ((_typer_click.ClickException,) if _typer_click else ())
+_EXITS = (click.exceptions.Exit, typer.Exit)
+_ABORTS = (click.exceptions.Abort, typer.Abort, KeyboardInterrupt)
+
 app = typer.Typer(
     name="cptlab",
     help="Continued pretraining of causal LMs, and finding out whether and why it helps.",
@@ -58,12 +66,12 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         rv = app(args=argv, prog_name="cptlab", standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except _EXITS as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:  # usage errors: exit 2
+    except _CLICK_ERRORS as e:  # usage errors: exit 2
         e.show()
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except _ABORTS:
         console.print("[red]interrupted[/]")
         sys.exit(130)
     except CptlabError as e:

@@ -10,7 +10,8 @@ from cptlab.demo.pipeline import DemoSettings, QUICK, run_demo
 # Everything tiny: ~20 s on 2 cores. The real `cptlab demo --quick` settings are QUICK.
 SMALL = DemoSettings(vocab_size=1024, preset="llama-micro", seq_len=64, batch_size=4, pretrain_steps=12,
                      pretrain_warmup=2, adapt_steps=3, adapt_warmup=1, adapt_lrs=(1e-3,), eval_max_documents=3,
-                     adapt_domains=("man_en", "legal"), corpus_max_domain_bytes=120_000, corpus_max_file_bytes=4000)
+                     adapt_domains=("man_en", "legal"), corpus_max_domain_bytes=120_000, corpus_max_file_bytes=4000,
+                     similarity_measures=("jsd", "vocab"), similarity_sample_bytes=200_000)
 
 
 @pytest.fixture(scope="module")

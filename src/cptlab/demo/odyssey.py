@@ -68,10 +68,10 @@ def study_spec(prepared: dict, settings) -> dict[str, Any]:
     if isinstance(sim, dict):
         sim["seed"] = settings.seed
         # Optional settings (a DemoSettings may carry them): which measures, how large a sample per side.
-        measures = getattr(settings, "similarity_measures", None)
+        measures = settings.similarity_measures
         if measures is not None:
             sim["measures"] = list(measures)
-        sample_bytes = getattr(settings, "similarity_sample_bytes", None)
+        sample_bytes = settings.similarity_sample_bytes
         if sample_bytes is not None:
             sim["sample_bytes"] = int(sample_bytes)
     return spec

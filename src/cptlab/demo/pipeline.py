@@ -39,6 +39,8 @@ class DemoSettings:
     adapt_domains: tuple[str, ...] | None = None  # None: every domain of the corpus
     corpus_max_domain_bytes: int | None = None  # None: the corpus builder's default caps
     corpus_max_file_bytes: int = 60_000  # files are cut to this size (one document each)
+    similarity_measures: tuple[str, ...] | None = None  # None: the study YAML's (jsd, vocab, embedding)
+    similarity_sample_bytes: int | None = None  # None: the study YAML's 1 MB per side
     seed: int = 0
 
 

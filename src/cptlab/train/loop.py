@@ -186,7 +186,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         weights = str(resume_from / "model")
     model = setup.build_model(cfg, tokenizer, weights)
     check_vocab(model, max(int(s.tokens.manifest.get("max_id", -1)) for s in sampler.sources.values()),
-                f"data.cache_dir {cache}")
+                f"data.cache_dir {cache} (model {cfg.model.init_from or cfg.model.name})")
     if cfg.lora is not None:
         model = setup.apply_lora(cfg, model)
         if resume_from is not None:
