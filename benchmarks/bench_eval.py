@@ -1,6 +1,6 @@
 """Benchmark: `cptlab.evaluate.perplexity` vs lm-evaluation-harness's HF `loglikelihood_rolling` (issue 4).
 
-    python benchmarks/bench_eval.py [--threads 2] [--reps 2] [--kb 40] [--lm-eval-batch-sizes 4,16,32]
+    python benchmarks/bench_eval.py [--threads 2] [--reps 3] [--kb 40] [--lm-eval-batch-sizes 4,16,32]
 
 Set-up (not timed): two domains of real text from the Python stdlib, written as a jsonl corpus (documents
 verbatim): `code` = top-level chunks of the stdlib's modules (split at two blank lines), `prose` = the English
@@ -243,7 +243,7 @@ def cps(r: dict) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for every run (cores of this machine)")
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--kb", type=int, default=40, help="KB of test documents per domain")
     ap.add_argument("--train-steps", type=int, default=30)
     ap.add_argument("--lm-eval-batch-sizes", default="4,16,32")
