@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     except CptlabError as e:
         from rich.markup import escape
 
-        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # paths stay on one line
         sys.exit(e.exit_code)
     sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cptlab.errors import CptlabError
+from cptlab.plugins import import_plugin
 
 DIGITS = 3  # decimals shown for floats everywhere in the report
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -165,12 +166,7 @@ def get_section(name: str) -> SectionFn:
     """The registered section; imports `cptlab.report.section_<name with - as _>` on first use."""
     _load_builtins()
     if name not in _SECTIONS:
-        module = "cptlab.report.section_" + name.replace("-", "_")
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+        import_plugin("cptlab.report.section_", name)
     if name not in _SECTIONS:
         raise CptlabError(f"report: unknown section {name!r}; known sections: {', '.join(sorted(_SECTIONS))}")
     return _SECTIONS[name]

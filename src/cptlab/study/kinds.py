@@ -24,13 +24,13 @@ Report sections are registered by name in `cptlab.report.sections` (see there).
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from cptlab.config import StrictModel, validate
 from cptlab.errors import CptlabError
+from cptlab.plugins import import_plugin
 from cptlab.study.spec import RunSpec, StudySpec, expand_grid
 
 DEFAULT_SECTIONS = ["runs", "loss-curves", "perplexity", "delta-heatmap"]
@@ -55,12 +55,7 @@ def register_study_kind(kind: StudyKind) -> StudyKind:
 
 def get_study_kind(name: str) -> StudyKind:
     if name not in _KINDS:
-        module = "cptlab.study.kind_" + name.replace("-", "_")
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+        import_plugin("cptlab.study.kind_", name)
     if name not in _KINDS:
         raise CptlabError(f"kind: unknown study kind {name!r}; known kinds: {', '.join(sorted(_KINDS))}")
     return _KINDS[name]

@@ -42,6 +42,7 @@ from pydantic import ValidationError
 
 from cptlab.config import StrictModel, format_validation_error
 from cptlab.errors import CptlabError
+from cptlab.plugins import import_plugin
 from cptlab.study.spec import RunSpec, has_runtime_placeholder
 from cptlab.study.store import EVAL_METRICS, RunRecord
 
@@ -242,12 +243,7 @@ def get_step_kind(name: str, where: str = "kind") -> StepKind:
     """The registered kind; imports `cptlab.study.step_<name with - as _>` on first use."""
     _load_builtins()
     if name not in _STEP_KINDS:
-        module = "cptlab.study.step_" + name.replace("-", "_")
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+        import_plugin("cptlab.study.step_", name)
     if name not in _STEP_KINDS:
         raise CptlabError(f"{where}: unknown step kind {name!r}; known kinds: {', '.join(sorted(_STEP_KINDS))}")
     return _STEP_KINDS[name]
