@@ -114,17 +114,24 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 def train_config(opts: MatrixOptions, base_path: str, corpus_path: str, sources: dict[str, float], lr: float,
                  seed: int) -> dict[str, Any]:
     """The recipe for one run: the options' `train` with model, sources, lr and seed filled in."""
-    train = copy.deepcopy(opts.train)
+    return fill_recipe(opts.train, base_path, corpus_path, sources, lr, seed,
+                       "set by the adaptation-matrix kind (a train domain, or the general mix for the control)")
+
+
+def fill_recipe(template: dict[str, Any], model: str, corpus_path: str, sources: dict[str, float], lr: float,
+                seed: int, why_no_sources: str) -> dict[str, Any]:
+    """A copy of a train-config template with model, data sources, lr and seed filled in (shared by the kinds
+    that adapt a model with one recipe); `sources` in the template is an error, since the kind sets them."""
+    train = copy.deepcopy(template)
     data = train.setdefault("data", {})
     if "sources" in data:
-        raise CptlabError("options.train.data.sources: set by the adaptation-matrix kind (a train domain, or "
-                          "the general mix for the control); leave it out")
+        raise CptlabError(f"options.train.data.sources: {why_no_sources}; leave it out")
     data["sources"] = dict(sources)
     if "cache_dir" not in data and "corpus" not in data:
         data["corpus"] = corpus_path
-    model = train.setdefault("model", {})
-    model["name"] = base_path
-    model.setdefault("init", "pretrained")
+    m = train.setdefault("model", {})
+    m["name"] = model
+    m.setdefault("init", "pretrained")
     train.setdefault("optimizer", {})["lr"] = lr
     train["seed"] = seed
     train.setdefault("checkpoint", {"at_end": False})

@@ -26,7 +26,6 @@ diagnostic "forgetting"). Runs are named `seq-[<base>-]<d1>+<d2>+...-lr<lr>[-s<s
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -81,22 +80,10 @@ class SequenceOptions(StrictModel):
 
 def stage_train(opts: SequenceOptions, model: str, domain: str, corpus_path: str, lr: float,
                 seed: int) -> dict[str, Any]:
-    train = copy.deepcopy(opts.train)
-    data = train.setdefault("data", {})
-    if "sources" in data:
-        raise CptlabError("options.train.data.sources: set by the domain-sequence kind (one domain per stage); "
-                          "leave it out")
-    data["sources"] = {domain: 1.0}
-    if "cache_dir" not in data and "corpus" not in data:
-        data["corpus"] = corpus_path
-    m = train.setdefault("model", {})
-    m["name"] = model
-    m.setdefault("init", "pretrained")
-    train.setdefault("optimizer", {})["lr"] = lr
-    train["seed"] = seed
-    train.setdefault("checkpoint", {"at_end": False})
-    train.setdefault("tensorboard", False)
-    return train
+    from cptlab.study.kind_adaptation_matrix import fill_recipe
+
+    return fill_recipe(opts.train, model, corpus_path, {domain: 1.0}, lr, seed,
+                       "set by the domain-sequence kind (one domain per stage)")
 
 
 def expand(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
