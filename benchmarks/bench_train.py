@@ -300,7 +300,12 @@ profile except the loss, where it materialises the full [2048, 8192] logits and 
 backward. So the margin available to a trainer here is the loss and whatever compilation fuses:
 - cptlab's loss is a chunked linear cross-entropy that computes the gradient during the forward pass with one exp
   pass per chunk (this session: 542 → 440 ms per step for the loss alone) and never holds full logits (≈ 70 MB
-  less peak RSS than the Trainer here; more with larger vocabularies or batches);
+  less peak RSS than the Trainer here; more with larger vocabularies or batches); chunks of 256 positions
+  (`loss_chunk`, default since this run; was 1024) keep a chunk's logits in cache: loss forward + backward alone
+  165–190 ms vs 205–210 ms at 1024 and 304 ms for full logits + `F.cross_entropy` (2048 × 256 → 8192, 1 thread),
+  which moved the eager ratio from 1.15× to 1.20×;
+- attention: HF Llama's RoPE multiplies by fp32 cos/sin, so q and k reach the kernel in fp32 under autocast
+  already; running the attention kernel explicitly in fp32 measured no gain;
 - `compile: true` compiles the decoder blocks region by region (cold start ≈ 26 s measured under load, vs ≈ 60 s
   for compiling the whole HF model); in the table it adds 5–12% to either trainer;
 - packing without padding gives no margin in this comparison because the Trainer is fed the same packed blocks
