@@ -120,6 +120,10 @@ def register(app: typer.Typer) -> None:
 
         if quiet:
             set_quiet(True)
+        if (device or "cpu").startswith("cpu"):  # no device given: CPU unless CUDA is there (harmless then)
+            from cptlab.host_memory import keep_host_memory
+
+            keep_host_memory()  # this process only evaluates: reuse freed memory instead of page-faulting it in
         result = perplexity(model, tokenizer=tokenizer, corpus=corpus, split=split, domains=_csv(domains),
                             context=context, stride=stride, mode=mode, batch_size=batch_size, precision=precision,
                             token_losses=token_losses, max_documents=max_documents, device=device)

@@ -134,7 +134,7 @@ class TrainConfig(StrictModel):
     fsdp: bool = False  # FSDP instead of DDP when launched with several processes
     log_interval: int = Field(1, ge=1)  # progress-bar refresh (metrics.jsonl always gets every step)
     tensorboard: bool = True
-    # CPU: let glibc's malloc keep freed memory instead of page-faulting it back every step (setup.keep_host_memory)
+    # CPU: let glibc's malloc keep freed memory instead of page-faulting it back every step (cptlab.host_memory)
     keep_host_memory: bool = True
     # positions per chunk of the cross-entropy (logits never [B,T,V]); 256 rows keep a chunk in cache on CPU:
     # measured 10-20% faster than 1024 for the loss at vocab 8192, equal at 32 k (benchmarks/bench_train.py)

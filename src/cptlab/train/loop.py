@@ -269,7 +269,9 @@ def train(cfg: TrainConfig) -> TrainResult:
 
         atomic_write_json(out / "train_config.json", cfg.model_dump(mode="json"))
 
-    if cfg.keep_host_memory and device.type == "cpu" and setup.keep_host_memory():
+    from cptlab.host_memory import keep_host_memory
+
+    if cfg.keep_host_memory and device.type == "cpu" and keep_host_memory():
         log("host allocator: freed memory is kept for reuse (keep_host_memory: false to turn off)")
     n_params = count_parameters(model, trainable_only=True)
     log(f"training {cfg.model.name} ({n_params:,} trainable params) on {', '.join(sampler.names)}: "

@@ -182,25 +182,3 @@ def compile_model(loss_module):
         block.compile()
     return loss_module
 
-
-# glibc's malloc gives every large block (>= 128 KB at first) its own mmap and returns freed heap tops to the
-# kernel, so each training step page-faults its activations back in (measured: ~25,000 minor faults and ~40 ms
-# of system time per step for the 7 M-parameter benchmark model on CPU). A CUDA run has a caching allocator; on
-# the host we ask malloc to keep what it frees: blocks up to 32 MiB (glibc's maximum) from the heap, and no trim
-# below 1 GiB of free heap. The peak resident memory does not grow; freed memory is reused instead of returned.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def keep_host_memory() -> bool:
-    """Tune glibc's malloc to reuse freed memory (Linux/glibc only; elsewhere a no-op). True when applied."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl or another libc: leave the allocator alone
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**30))

@@ -11,7 +11,7 @@ PROBE = r"""
 import resource, sys
 import numpy as np
 if sys.argv[1] == "keep":
-    from cptlab.train.setup import keep_host_memory
+    from cptlab.host_memory import keep_host_memory
     assert keep_host_memory()
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(20):  # a step: activations allocated and written in the forward pass, all freed after backward
