@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import html as _html
-import importlib
 import io
 import math
 import re
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cptlab.errors import CptlabError
-from cptlab.plugins import import_plugin
+from cptlab.plugins import import_plugin, load_builtins
 
 DIGITS = 3  # decimals shown for floats everywhere in the report
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -146,7 +145,6 @@ class ReportContext:
 
 SectionFn = Callable[[ReportContext], "Section | None"]
 _SECTIONS: dict[str, SectionFn] = {}
-_BUILTINS_LOADED = False
 
 
 def register_section(name: str, fn: SectionFn) -> SectionFn:
@@ -155,16 +153,9 @@ def register_section(name: str, fn: SectionFn) -> SectionFn:
     return fn
 
 
-def _load_builtins() -> None:
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        importlib.import_module("cptlab.report.builtin_sections")
-
-
 def get_section(name: str) -> SectionFn:
     """The registered section; imports `cptlab.report.section_<name with - as _>` on first use."""
-    _load_builtins()
+    load_builtins("cptlab.report.builtin_sections")
     if name not in _SECTIONS:
         import_plugin("cptlab.report.section_", name)
     if name not in _SECTIONS:

@@ -31,9 +31,7 @@ environment variable `CPTLAB_PLUGINS` (comma-separated), e.g. `CPTLAB_PLUGINS=my
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -42,7 +40,7 @@ from pydantic import ValidationError
 
 from cptlab.config import StrictModel, format_validation_error
 from cptlab.errors import CptlabError
-from cptlab.plugins import import_plugin
+from cptlab.plugins import import_plugin, load_builtins
 from cptlab.study.spec import RunSpec, has_runtime_placeholder
 from cptlab.study.store import EVAL_METRICS, RunRecord
 
@@ -215,7 +213,6 @@ class StepKind:
 
 
 _STEP_KINDS: dict[str, StepKind] = {}
-_BUILTINS_LOADED = False
 
 
 def register_step_kind(name: str, fn: StepFn, options: type[StrictModel] | None = None, *,
@@ -227,16 +224,7 @@ def register_step_kind(name: str, fn: StepFn, options: type[StrictModel] | None 
 
 
 def _load_builtins() -> None:
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        importlib.import_module("cptlab.study.builtin_steps")
-        # Step kinds outside the cptlab package: modules named by the user's environment (never by a study file).
-        for module in filter(None, (m.strip() for m in os.environ.get("CPTLAB_PLUGINS", "").split(","))):
-            try:
-                importlib.import_module(module)
-            except ImportError as e:
-                raise CptlabError(f"CPTLAB_PLUGINS: cannot import {module!r}: {e}") from None
+    load_builtins("cptlab.study.builtin_steps", user_plugins=True)
 
 
 def get_step_kind(name: str, where: str = "kind") -> StepKind:
