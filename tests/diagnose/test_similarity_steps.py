@@ -46,6 +46,10 @@ def test_steps_record_diagnostics(tmp_path, tiny_corpus, tiny_tokenizer_dir):
             assert ov["domains"][d][key] == want["domains"][d][key]
     (res,) = conn.execute("SELECT result FROM steps WHERE name='overlap'").fetchone()
     assert set(json.loads(res)["near_duplicate_fraction"]) == {"code", "prose"}
+    artifacts = dict(conn.execute("SELECT kind, path FROM artifacts").fetchall())
+    assert set(artifacts) == {"similarity", "overlap"}
+    for kind, rel in artifacts.items():  # the full result, as written to the step dir
+        assert json.loads((tmp_path / "out" / rel).read_text())["domains"] == rows[kind]["domains"]
 
 
 def test_bad_step_options_are_named_before_running(tmp_path, tiny_corpus):

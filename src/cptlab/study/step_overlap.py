@@ -40,7 +40,6 @@ def overlap_step(step: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     """Duplicate counts between the train and test split of every domain."""
     from cptlab.corpus import ReadOptions
     from cptlab.diagnose.overlap import OverlapSettings, overlap
-    from cptlab.fsutil import atomic_write_json
 
     settings = OverlapSettings(train_split=step.get("train_split", "train"), test_split=step.get("test_split", "test"),
                                threshold=float(step.get("threshold", 0.8)), num_perm=int(step.get("num_perm", 128)),
@@ -48,9 +47,7 @@ def overlap_step(step: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     result = overlap(step["corpus"], domains=step.get("domains"), settings=settings,
                      read_options=ReadOptions(txt_mode=step.get("txt_mode", "blank-line"),
                                               text_field=step.get("text_field", "text")))
-    path = ctx.step_dir / "overlap.json"
-    atomic_write_json(path, result)
-    ctx.add_artifact("overlap", path)
+    path = ctx.write_json_artifact("overlap", result)
     ctx.add_diagnostic("overlap", result)
     return {"json": str(path),
             "near_duplicate_fraction": {d: r["near_duplicate_fraction"] for d, r in result["domains"].items()}}

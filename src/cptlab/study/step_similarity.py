@@ -60,7 +60,6 @@ def similarity_step(step: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     from cptlab.corpus import ReadOptions
     from cptlab.diagnose.similarity import similarity
     from cptlab.diagnose.similarity_sample import make_spec
-    from cptlab.fsutil import atomic_write_json
 
     spec = make_spec(step.get("sample_docs"), step.get("sample_bytes"), seed=step.get("seed", 0),
                      embedding_docs=step.get("embedding_docs", 128),
@@ -72,9 +71,7 @@ def similarity_step(step: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
                         embedding_model=step.get("embedding_model"), min_count=step.get("min_count", 2),
                         read_options=ReadOptions(txt_mode=step.get("txt_mode", "blank-line"),
                                                  text_field=step.get("text_field", "text")))
-    path = ctx.step_dir / "similarity.json"
-    atomic_write_json(path, result)
-    ctx.add_artifact("similarity", path)
+    path = ctx.write_json_artifact("similarity", result)
     ctx.add_diagnostic("similarity", result)
     return {"json": str(path), "domains": list(result["domains"]), "measures": result["settings"]["measures"]}
 

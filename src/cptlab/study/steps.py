@@ -40,6 +40,7 @@ from pydantic import ValidationError
 
 from cptlab.config import StrictModel, format_validation_error
 from cptlab.errors import CptlabError
+from cptlab.fsutil import atomic_write_json
 from cptlab.plugins import import_plugin, load_builtins
 from cptlab.study.spec import RunSpec, has_runtime_placeholder
 from cptlab.study.store import EVAL_METRICS, RunRecord
@@ -147,6 +148,13 @@ class StepContext:
         entry = (self.step_name, str(kind), self.relpath(path))
         if entry not in self.record.artifacts:
             self.record.artifacts.append(entry)
+
+    def write_json_artifact(self, kind: str, data: Any) -> Path:
+        """Write `data` to `<kind>.json` in the step dir (atomically) and record it as artifact `kind`."""
+        path = self.step_dir / f"{kind}.json"
+        atomic_write_json(path, data)
+        self.add_artifact(kind, path)
+        return path
 
 
 def _jsonable(value: Any) -> Any:
