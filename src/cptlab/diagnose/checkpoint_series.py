@@ -201,6 +201,14 @@ def summarize(values: Sequence[float]) -> dict[str, Any]:
     return {"n": n, "mean": mean, "std": std, "sem": sem, "values": vals}
 
 
+def difference(first: dict[str, Any], last: dict[str, Any]) -> tuple[float, float | None]:
+    """`last` mean - `first` mean (two `summarize` results) and its standard error, None without a spread."""
+    diff = last["mean"] - first["mean"]
+    if first["sem"] is None or last["sem"] is None:
+        return diff, None
+    return diff, math.sqrt(first["sem"] ** 2 + last["sem"] ** 2)
+
+
 def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perplexity after adaptation",
                     z: float = 2.0) -> dict[str, Any]:
     """Does adapting from later checkpoints end worse than from an earlier one?
@@ -229,11 +237,8 @@ def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perp
                    verdict="monotone", text=f"Adapting from the last checkpoint {last['label']}{seen_text(last)} ends "
                    f"best ({metric}: {last['mean']:.4g}); no sign that longer pretraining hurt adaptation.")
         return out
-    diff = last["mean"] - best["mean"]
+    diff, se = difference(best, last)
     rel = diff / best["mean"] if best["mean"] else float("nan")
-    se = None
-    if best["sem"] is not None and last["sem"] is not None:
-        se = math.sqrt(best["sem"] ** 2 + last["sem"] ** 2)
     later = rows[best_i + 1:]
     worse_later = [r["label"] for r in later if r["mean"] > best["mean"]]
     significant = se is not None and se > 0 and diff > z * se

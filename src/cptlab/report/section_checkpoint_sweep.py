@@ -100,14 +100,12 @@ def forgetting(t: dict[str, Any]) -> dict[float, dict[str, Any]]:
 
 
 def _forgetting_text(rows: list[dict[str, Any]], lr: float) -> str:
-    from cptlab.diagnose.checkpoint_series import seen_text
+    from cptlab.diagnose.checkpoint_series import difference, seen_text
 
     if len(rows) < 2:
         return f"lr {lr:g}: fewer than two checkpoints with general perplexity before and after; nothing to compare."
     first, last = rows[0], rows[-1]
-    diff = last["mean"] - first["mean"]
-    se = math.sqrt(first["sem"] ** 2 + last["sem"] ** 2) if first["sem"] is not None and last["sem"] is not None \
-        else None
+    diff, se = difference(first, last)
     text = (f"At lr {lr:g}, adaptation raised the general log-perplexity by {first['mean']:+.3f} nats from "
             f"{first['label']}{seen_text(first)} and by {last['mean']:+.3f} from {last['label']}{seen_text(last)}")
     if se:

@@ -11,7 +11,8 @@ import json
 import math
 from typing import Any
 
-from cptlab.diagnose.checkpoint_series import token_ticks
+from cptlab.diagnose.checkpoint_series import difference, token_ticks
+from cptlab.diagnose.correlation import spearman
 from cptlab.report.sections import ReportContext, Section, register_section
 
 
@@ -20,32 +21,6 @@ def sensitivity_results(ctx: ReportContext) -> list[tuple[str, dict[str, Any]]]:
         "SELECT d.run, d.step_name, d.result FROM diagnostics d JOIN runs r ON r.name = d.run "
         "WHERE d.kind = 'sensitivity' AND r.status = 'done' ORDER BY r.position, d.step_name").fetchall()
     return [(f"{r['run']}/{r['step_name']}", json.loads(r["result"])) for r in rows]
-
-
-def spearman(xs: list[float], ys: list[float]) -> float | None:
-    """Spearman rank correlation (average ranks for ties); None when undefined."""
-    if len(xs) < 3:
-        return None
-
-    def ranks(v: list[float]) -> list[float]:
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-
-    rx, ry = ranks(xs), ranks(ys)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sxx = math.sqrt(sum((a - mx) ** 2 for a in rx))
-    syy = math.sqrt(sum((b - my) ** 2 for b in ry))
-    return None if sxx == 0 or syy == 0 else sxy / (sxx * syy)
 
 
 def reference_gamma(result: dict[str, Any]) -> float | None:
@@ -71,11 +46,8 @@ def verdict_text(result: dict[str, Any], gamma: float) -> str:
     if len(pts) < 2:
         return f"At γ = {gamma:g}: {len(pts)} checkpoint(s) measured; nothing to compare."
     first, last = pts[0], pts[-1]
-    rho = spearman([p[0] for p in pts], [p[1]["mean"] for p in pts])
-    diff = last[1]["mean"] - first[1]["mean"]
-    se = None
-    if first[1]["sem"] is not None and last[1]["sem"] is not None:
-        se = math.sqrt(first[1]["sem"] ** 2 + last[1]["sem"] ** 2)
+    rho = spearman([p[0] for p in pts], [p[1]["mean"] for p in pts]) if len(pts) >= 3 else None
+    diff, se = difference(first[1], last[1])
     text = (f"At γ = {gamma:g}, the loss increase goes from {first[1]['mean']:.4g} nats ({first[2]}) to "
             f"{last[1]['mean']:.4g} nats ({last[2]}), a change of {diff:+.4g}")
     text += f" ({abs(diff) / se:.1f} standard errors)" if se else " (one seed: no spread)"
