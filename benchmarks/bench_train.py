@@ -308,6 +308,7 @@ def main() -> int:
     ap.add_argument("--no-allocator-rows", action="store_true",
                     help="skip the rows that swap the host-allocator setting between the trainers")
     ap.add_argument("--no-profile", action="store_true", help="skip the per-operation profile of both steps")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "train.md", help="where the report goes")
     ap.add_argument("--worker", choices=["cptlab", "hf", "profile"], help=argparse.SUPPRESS)
     ap.add_argument("--malloc", choices=["default", "keep"], default="default", help=argparse.SUPPRESS)
     ap.add_argument("--tok", type=Path, help=argparse.SUPPRESS)
@@ -391,7 +392,8 @@ def write_report(args, results, peaks, n_params, vocab, fpt, elapsed, profile=No
     cmd = "python benchmarks/bench_train.py" + "".join(
         f" --{k.replace('_', '-')} {getattr(args, k)}" for k in ("reps", "steps", "warmup", "threads")) + \
         "".join(f" --{k.replace('_', '-')}" for k in ("no_compile", "no_allocator_rows", "no_profile")
-                if getattr(args, k))
+                if getattr(args, k)) + (f" --out {args.out}" if args.out.resolve() != HERE / "results" / "train.md"
+                                        else "")
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load = os.getloadavg()[0]
     prof_text = ""
@@ -439,7 +441,7 @@ both; these are the same model code. The margin cptlab has comes from
 Packing without padding gives no margin here because the Trainer is fed the same packed blocks (`group_texts`),
 and host syncs cost nothing on a CPU (no asynchronous device to stall).
 """
-    text = f"""## Trainer throughput: cptlab vs the HF `Trainer`
+    text = f"""## Trainer throughput ({THREADS} torch thread{"s" if THREADS > 1 else ""} per run): cptlab vs the HF `Trainer`
 
 `{cmd}` — {platform.machine()}, {os.cpu_count()} CPU cores **shared with other engineers' jobs while it ran**
 (noisy: read the individual runs; 1-minute load average {load:.1f} at the end), {THREADS} torch thread(s),
@@ -460,8 +462,8 @@ fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s.
 Target (cptlab ≥ 1.25× the HF Trainer, eager, each as it runs by default): **{'met' if ratio >= 1.25 else 'NOT met'}**.
 MFU counts model FLOPs only; the matmuls run in bf16 (autocast), so the bf16 matmul peak is the reference.
 {prof_text}"""
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "train.md").write_text(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
     print(text)
 
 
