@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import matmul_peak  # noqa: E402
 VOCAB = 8192
 CONTEXT = 256
 CLI_ROW = "cptlab fp32, fresh process with `cptlab eval`'s allocator setting"
@@ -245,24 +247,6 @@ def run_cli_child(model_dir: Path, corpus: Path, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--cli-child", str(model_dir), str(corpus), str(threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "CPTLAB_QUIET": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def matmul_peak(threads: int, dtype_name: str, n: int = 1024, seconds: float = 2.0) -> float:
-    """Best GFLOP/s of an n x n x n matmul over `seconds` with `threads` torch threads."""
-    import torch
-
-    torch.set_num_threads(threads)
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    for _ in range(3):
-        a @ b
-    best, t_end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t0) / 1e9)
-    return best
 
 
 def measure_rss(model_dir: Path, corpus: Path, chunk_chars: int, threads: int) -> dict:
