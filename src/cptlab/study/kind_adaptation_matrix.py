@@ -229,8 +229,6 @@ def expand(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
                                      f"options ({name})"))
 
     runs += _diagnostic_runs(spec, opts, corpus_path, next(iter(bases.values())), evaluated, spec_dir)
-    for order, run in enumerate(runs):
-        run.order = order
     return runs
 
 

@@ -168,8 +168,6 @@ def expand(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
         steps = resolve_steps([step], {"corpus_path": corpus_path}, spec_dir, "options.sensitivity",
                               role="diagnostic")
         runs.append(RunSpec(name="sensitivity", kind=spec.kind, role="diagnostic", axes={}, steps=steps))
-    for order, run in enumerate(runs):
-        run.order = order
     return runs
 
 

@@ -135,8 +135,6 @@ def expand(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise CptlabError("options.sequences: two sequences give the same run name; make them differ")
-    for order, run in enumerate(runs):
-        run.order = order
     return runs
 
 

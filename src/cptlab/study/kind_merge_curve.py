@@ -179,8 +179,6 @@ def expand(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
     for label, path in opts.models.items():
         runs.append(run(f"model-{label}", "run", evaluate(_resolve_location(path, spec_dir), label, "eval"),
                         label, f"options.models.{label}"))
-    for order, r in enumerate(runs):
-        r.order = order
     return runs
 
 

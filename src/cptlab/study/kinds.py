@@ -68,7 +68,10 @@ def expand(spec: StudySpec, spec_dir: str | Path = ".") -> list[RunSpec]:
         validate(kind.options, dict(spec.options), "options")
     elif spec.options:
         raise CptlabError(f"options: study kind {spec.kind!r} takes no options (got {sorted(spec.options)})")
-    return kind.expand(spec, Path(spec_dir))
+    runs = kind.expand(spec, Path(spec_dir))
+    for order, run in enumerate(runs):  # every kind's list order is its run order
+        run.order = order
+    return runs
 
 
 def _expand_plain_grid(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
