@@ -6,9 +6,7 @@ The loss of one optimizer step of the trainer benchmark (bench_train.py): 2048 p
 bf16 autocast, at vocabulary 8192 (the benchmark model) and 32000 (Llama-2's). Rows:
 - full logits: what the HF model + Trainer do: [N, V] logits (bf16 matmul), upcast to fp32, `F.cross_entropy`,
   autograd backward through both;
-- cptlab `linear_cross_entropy` at several `loss_chunk` sizes (positions per chunk of fp32 logits);
-- cptlab as it was before commit c186141 (output-matrix gradient accumulated chunk by chunk: one fp32 cast and one
-  add over the whole [V, H] matrix per chunk), at 256 positions per chunk.
+- cptlab `linear_cross_entropy` at several `loss_chunk` sizes (positions per chunk of fp32 logits).
 Interleaved (every row once per repetition), median of `--reps`; a fresh process, one torch thread by default.
 Writes benchmarks/results/loss.md.
 """
@@ -29,43 +27,6 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 N, H = 2048, 256
 CHUNKS = (64, 128, 256, 512, 1024)
-
-
-def previous_linear_cross_entropy(hidden, weight, labels, chunk):
-    """cptlab's loss before commit c186141: per chunk, grad_w += (g.T @ h).float() (same values, slower)."""
-    import torch
-
-    class Previous(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, hidden, weight, labels):
-            with torch.autocast("cpu", enabled=False):
-                h, w = hidden.to(torch.bfloat16), weight.to(torch.bfloat16)
-                total = torch.zeros(())
-                grad_h = torch.empty_like(hidden)
-                grad_w = torch.zeros(weight.shape)
-                for s in range(0, h.shape[0], chunk):
-                    hc, yc = h[s:s + chunk], labels[s:s + chunk]
-                    logits = (hc @ w.t()).float()
-                    rows = torch.arange(logits.shape[0])
-                    m = logits.amax(dim=-1, keepdim=True)
-                    gold = logits[rows, yc] - m.squeeze(1)
-                    e = logits.sub_(m).exp_()
-                    z = e.sum(dim=-1)
-                    total += (z.log() - gold).sum()
-                    g = e.mul_((1 / z).unsqueeze(1))
-                    g[rows, yc] -= 1
-                    g = g.to(torch.bfloat16)
-                    grad_h[s:s + chunk] = (g @ w).float()
-                    grad_w += (g.t() @ hc).float()
-            ctx.save_for_backward(grad_h, grad_w)
-            return total
-
-        @staticmethod
-        def backward(ctx, grad_out):
-            grad_h, grad_w = ctx.saved_tensors
-            return grad_h * grad_out, grad_w * grad_out, None
-
-    return Previous.apply(hidden, weight, labels)
 
 
 def full_logits_loss(hidden, weight, labels, chunk=None):
@@ -93,7 +54,6 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     rows = [("full logits + F.cross_entropy (HF)", full_logits_loss, None)]
     rows += [(f"cptlab, loss_chunk {c}" + (" (default)" if c == 256 else ""), linear_cross_entropy, c) for c in CHUNKS]
-    rows += [("cptlab before c186141, loss_chunk 256", previous_linear_cross_entropy, 256)]
     load0 = os.getloadavg()[0]
     results: dict[tuple[int, str], list[float]] = {}
     values: dict[tuple[int, str], float] = {}
@@ -146,8 +106,8 @@ def main() -> int:
         "chunked loss sums per-chunk fp32 NLLs; bf16 logits either way).",
         "Memory: full logits hold [N, V] bf16 logits, their fp32 copy and its gradient (≈ 10 bytes × N × V: "
         f"{10 * N * 8192 / 2**20:.0f} MB at vocab 8192, {10 * N * 32000 / 2**20:.0f} MB at 32000); cptlab holds one "
-        "chunk of fp32 logits (4 × loss_chunk × V bytes) and one group of bf16 logit gradients (at most 16 MiB, "
-        "`GRAD_GROUP_BYTES`).",
+        "chunk of fp32 logits and its bf16 gradient (6 × loss_chunk × V bytes) and the fp32 gradient of the output "
+        "matrix.",
         "",
     ]
     text = "\n".join(lines)

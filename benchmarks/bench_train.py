@@ -414,7 +414,7 @@ Self CPU time by kind of operation (torch.profiler, 3 steps, with keep_host_memo
 Reading it: the matmuls run near the bf16 peak in both and the CPU flash-attention kernel (head size 32) is slow in
 both; these are the same model code. The margin cptlab has comes from
 - the loss: a chunked linear cross-entropy that computes its gradient during the forward pass with one exp pass
-  per chunk and one output-matrix gradient matmul per group of rows; the Trainer materialises [2048, 8192]
+  per chunk of 256 positions (a chunk's logits stay in cache); the Trainer materialises [2048, 8192]
   logits, upcasts them and runs log_softmax forward and backward (the loss alone: `benchmarks/bench_loss.py`,
   results in its own section; it also holds no full logits: lower peak RSS);
 - the host allocator: glibc returns freed activations to the kernel and every step faults them back in;

@@ -1,10 +1,9 @@
 """Causal-LM loss on the last hidden state, chunk by chunk: full [B, T, V] logits never exist.
 
 `linear_cross_entropy(hidden [N, H], weight [V, H], labels [N])` returns the SUM of token NLLs (labels -100
-are ignored). Its forward pass walks the positions in chunks: logits of one chunk (fp32 softmax), the NLL and
-the logit gradient, which is kept in the compute dtype for a group of rows (at most GRAD_GROUP_BYTES); per
-group, two matmuls give the gradients for the hidden states and for the output matrix; backward only scales
-them. So memory is one chunk of fp32 logits plus one group's gradient, and no logits are recomputed.
+are ignored). Its forward pass walks the positions in chunks: logits of one chunk (fp32 softmax), the NLL,
+and right away the gradients for the hidden states and for the output matrix; backward only scales them.
+So memory is one chunk of logits, and no logits are recomputed.
 
 With a regularizer (KL / LSSD, `cptlab.train.regularizers`), which needs the chunk's logits with gradients,
 each chunk runs under activation checkpointing instead: same memory bound, one extra matmul per chunk.
@@ -23,12 +22,6 @@ def _compute_dtype(device_type: str) -> torch.dtype:
     return torch.float32
 
 
-# The logit gradient of a group of rows is kept (in the compute dtype) so that one matmul per group gives the
-# output matrix's gradient: per-chunk matmuls would each need a cast to fp32 and an add over the whole [V, H]
-# matrix (at vocab 8192 on CPU that was ~40 ms of an 800 ms step). The group is bounded in bytes, not rows.
-GRAD_GROUP_BYTES = 16 * 2**20
-
-
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk: int, compute_dtype: torch.dtype):
@@ -37,43 +30,32 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(device_type, enabled=False):
             h = hidden.to(compute_dtype)
             w = weight.to(compute_dtype)
-            n, vocab = h.shape[0], w.shape[0]
-            group = max(chunk, GRAD_GROUP_BYTES // (vocab * w.element_size()) // chunk * chunk)
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_h = torch.empty_like(hidden) if need_h else None
-            grad_w = None
-            for gs in range(0, n, group):
-                ge = min(gs + group, n)
-                g = torch.empty((ge - gs, vocab), dtype=compute_dtype, device=h.device) if need_h or need_w \
-                    else None
-                for s in range(gs, ge, chunk):
-                    hc, yc = h[s : min(s + chunk, ge)], labels[s : min(s + chunk, ge)]
-                    logits = (hc @ w.t()).float()
-                    valid = yc != -100
-                    safe = yc.clamp(min=0)
-                    rows = torch.arange(logits.shape[0], device=logits.device)
-                    # One exp pass serves both the loss and its gradient: with m = max, e = exp(logits - m),
-                    # lse = m + log(sum e), NLL = lse - logit[label], softmax = e / sum e. (Casting the logits
-                    # first and working in place is faster on CPU than mixed-dtype arithmetic.)
-                    m = logits.amax(dim=-1, keepdim=True)
-                    gold = logits[rows, safe] - m.squeeze(1)
-                    e = logits.sub_(m).exp_()
-                    z = e.sum(dim=-1)
-                    nll = z.log() - gold
-                    total += torch.where(valid, nll, 0.0).sum()
-                    if g is not None:
-                        # d(sum NLL)/d logits = softmax - onehot(label), zero for ignored positions; kept in the
-                        # group's buffer in the compute dtype.
-                        e.mul_((valid / z).unsqueeze(1))
-                        e[rows, safe] -= valid.to(e.dtype)
-                        g[s - gs : s - gs + logits.shape[0]] = e
-                if need_h:
-                    grad_h[gs:ge] = (g @ w).to(hidden.dtype)
-                if need_w:
-                    part = g.t() @ h[gs:ge]
-                    grad_w = part.float() if grad_w is None else grad_w.add_(part)
-        if need_w and grad_w is None:  # no rows at all
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+            for s in range(0, h.shape[0], chunk):
+                hc, yc = h[s : s + chunk], labels[s : s + chunk]
+                logits = (hc @ w.t()).float()
+                valid = yc != -100
+                safe = yc.clamp(min=0)
+                rows = torch.arange(logits.shape[0], device=logits.device)
+                # One exp pass serves both the loss and its gradient: with m = max, e = exp(logits - m),
+                # lse = m + log(sum e), NLL = lse - logit[label], softmax = e / sum e.
+                m = logits.amax(dim=-1, keepdim=True)
+                gold = logits[rows, safe] - m.squeeze(1)
+                e = logits.sub_(m).exp_()
+                z = e.sum(dim=-1)
+                nll = z.log() - gold
+                total += torch.where(valid, nll, 0.0).sum()
+                if need_h or need_w:
+                    # d(sum NLL)/d logits = softmax - onehot(label), zero for ignored positions.
+                    g = e.mul_((valid / z).unsqueeze(1))
+                    g[rows, safe] -= valid.to(g.dtype)
+                    g = g.to(compute_dtype)
+                    if need_h:
+                        grad_h[s : s + chunk] = (g @ w).to(hidden.dtype)
+                    if need_w:
+                        grad_w += (g.t() @ hc).float()
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return total
