@@ -17,7 +17,10 @@ Measured per run: wall time; CPU time (user + system of the process and every ch
 os.wait4); peak RSS of the largest single process in the tree (wait4's ru_maxrss: the maximum over the process and
 its waited-for children, NOT their sum); and the peak of the summed RSS of the whole process tree, sampled every
 0.5 s with psutil (an upper bound: pages shared between forked workers count once per process). Load average
-before and after (the machine is shared). Writes benchmarks/results/demo.md.
+before and after (the machine is shared). What it produced: the report's index.html (exists, size), the study
+runs' status and attempts (the study's results.sqlite) after each run, and which files under OUT the re-run
+wrote (modification time at or after its start; the report and results.json are rewritten every time).
+Writes benchmarks/results/demo.md.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import argparse
 import json
 import os
 import platform
-import re
+import sqlite3
 import shutil
 import subprocess
 import sys
@@ -44,8 +47,8 @@ DEMOS = {
     "quick": (["demo", "--quick"], "study/report/index.html"),
     "overtraining": (["demo", "--study", "overtraining", "--quick"], "overtraining/report/index.html"),
 }
-# Log lines (stderr) that mean a stage was (re)computed rather than reused.
-REDONE = re.compile(r"training a \d+-token BPE|pretraining |building|removing", re.IGNORECASE)
+# The study database under OUT (the demo's study dir), for the runs' status and attempts.
+STUDY_DB = {"quick": "study/results.sqlite", "overtraining": "overtraining/study/results.sqlite"}
 
 
 def tree_rss(proc) -> int:
@@ -124,9 +127,12 @@ def run_demo(name: str, work: Path) -> dict:
     for phase in ("cold", "warm"):
         print(f"[bench_demo] {name} {phase}: {' '.join(cmd)} (load {os.getloadavg()[0]:.2f})", file=sys.stderr,
               flush=True)
+        before = time.time()
         r = measure(cmd, tmp, env, tmp / f"{phase}")
         err = Path(r["stderr"]).read_text(errors="replace")
-        r["redone"] = [line.strip() for line in err.splitlines() if REDONE.search(line)]
+        r["written"] = written_since(out, before) if phase == "warm" else None
+        r["study"] = study_runs(out / STUDY_DB[name])
+        r["reported_seconds"] = read_json(out / "results.json").get("seconds")
         res["runs"][phase] = r
         print(f"[bench_demo] {name} {phase}: exit {r['rc']}, {r['wall_s']:.0f} s wall, {r['cpu_s']:.0f} s CPU, "
               f"peak RSS {r['maxrss_mb']:.0f} MB (tree {r['tree_rss_mb']:.0f} MB)", file=sys.stderr, flush=True)
@@ -138,15 +144,41 @@ def run_demo(name: str, work: Path) -> dict:
     res["report_exists"] = report.is_file()
     res["report_kb"] = report.stat().st_size / 1024 if report.is_file() else None
     res["pngs"] = len(list(report.parent.glob("*.png"))) if report.parent.is_dir() else 0
-    try:
-        results = json.loads((out / "results.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        results = {}
-    res["reported_seconds"] = results.get("seconds")
-    res["failed_runs"] = results.get("failed_runs") or results.get("failed") or []
-    res["study_runs"] = results.get("runs")
     res["out_mb"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20 if out.exists() else 0
     return res
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def study_runs(db: Path) -> dict:
+    """{status: number of runs} and the most attempts of any run, from the study's results.sqlite."""
+    if not db.is_file():
+        return {}
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        status = dict(conn.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
+        attempts = conn.execute("SELECT MAX(attempts) FROM runs").fetchone()[0]
+    finally:
+        conn.close()
+    return {"status": status, "max_attempts": attempts}
+
+
+def written_since(out: Path, t: float) -> dict[str, int]:
+    """Files under `out` modified at or after time `t`, counted per stage (the first two path components)."""
+    counts: dict[str, int] = {}
+    for p in out.rglob("*"):
+        try:
+            if p.is_file() and p.stat().st_mtime >= t:
+                key = "/".join(p.relative_to(out).parts[:2])
+                counts[key] = counts.get(key, 0) + 1
+        except OSError:
+            pass
+    return dict(sorted(counts.items()))
 
 
 def fmt_time(s: float) -> str:
@@ -186,23 +218,27 @@ def report_md(results: list[dict], argv: list[str], started: str, minutes: float
     for res in results:
         c, w = res["runs"].get("cold"), res["runs"].get("warm")
         ok = c and c["rc"] == 0 and w and w["rc"] == 0
-        runs = res.get("study_runs") or {}
-        status = {}
-        for st in (runs.values() if isinstance(runs, dict) else []):
-            status[st] = status.get(st, 0) + 1
-        redone = w["redone"] if w else []
+
+        def runs(r: dict) -> str:
+            st = r.get("study") or {}
+            if not st:
+                return "no study database"
+            return (", ".join(f"{n} {s}" for s, n in sorted(st["status"].items()))
+                    + f" (most attempts of a run: {st['max_attempts']})")
+
         lines.append(
             f"- `{res['command']}`: exit codes {c['rc'] if c else '–'} (cold), {w['rc'] if w else '–'} (warm); "
             f"report `OUT/{res['report_rel']}` "
             + (f"exists ({res['report_kb']:,.0f} KB, {res['pngs']} PNG figures beside it)" if res["report_exists"]
                else "**missing**")
-            + (f"; study runs: {', '.join(f'{n} {s}' for s, n in sorted(status.items()))}" if status else "")
-            + (f"; failed runs: {', '.join(res['failed_runs'])}" if res["failed_runs"] else "")
-            + f"; the demo's own timer (results.json `seconds`, last run): {res['reported_seconds']} s"
-            + f"; {res['out_mb']:,.0f} MB under OUT"
-            + ("; re-run recomputed: " + "; ".join(f"`{x}`" for x in redone) if redone
-               else "; re-run recomputed no stage (no training/tokenizer log line)" if w else "")
-            + ("." if ok else " — **FAILED**, see the log tail printed by the script."))
+            + f"; {res['out_mb']:,.0f} MB under OUT."
+            + (f" Study runs after the cold run: {runs(c)}; after the re-run: {runs(w)}." if w else "")
+            + " The demo's own timer (results.json `seconds`): "
+            + ", ".join(f"{r['reported_seconds']} s {p}" for p, r in res["runs"].items())
+            + "." + ("" if ok else " **FAILED**, see the log tail printed by the script."))
+        if w:
+            written = ", ".join(f"`{k}` ({n})" for k, n in w["written"].items()) or "none"
+            lines.append(f"  Files the re-run wrote, per directory under OUT (number of files): {written}.")
         lines.append(f"  Load average (1/5/15 min) before cold {'/'.join(f'{x:.2f}' for x in c['load_before'])}, "
                      f"after cold {'/'.join(f'{x:.2f}' for x in c['load_after'])}"
                      + (f", after warm {'/'.join(f'{x:.2f}' for x in w['load_after'])}." if w else "."))
