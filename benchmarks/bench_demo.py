@@ -17,9 +17,9 @@ Measured per run: wall time; CPU time (user + system of the process and every ch
 os.wait4); peak RSS of the largest single process in the tree (wait4's ru_maxrss: the maximum over the process and
 its waited-for children, NOT their sum); and the peak of the summed RSS of the whole process tree, sampled every
 0.5 s with psutil (an upper bound: pages shared between forked workers count once per process). Load average
-before and after (the machine is shared). What it produced: the report's index.html (exists, size), the study
-runs' status and attempts (the study's results.sqlite) after each run, and which files under OUT the re-run
-wrote (modification time at or after its start; the report and results.json are rewritten every time).
+before, after, and its maximum sampled during the run (the machine is shared). What it produced: the report's
+index.html (exists, size), the study runs' status and attempts (the study's results.sqlite) after each run, and
+which files under OUT the re-run wrote (modification time at or after its start; the report and results.json are rewritten every time).
 Writes benchmarks/results/demo.md.
 """
 
@@ -76,7 +76,7 @@ def measure(cmd: list[str], cwd: Path, env: dict, log_prefix: Path, interval: fl
     with open(f"{log_prefix}.out", "wb") as out, open(f"{log_prefix}.err", "wb") as err:
         t0 = time.perf_counter()
         child = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        peak = [0]
+        peak, load_max = [0], [load0[0]]
         done = threading.Event()
 
         def sample() -> None:
@@ -86,6 +86,7 @@ def measure(cmd: list[str], cwd: Path, env: dict, log_prefix: Path, interval: fl
                 return
             while not done.is_set():
                 peak[0] = max(peak[0], tree_rss(proc))
+                load_max[0] = max(load_max[0], os.getloadavg()[0])
                 done.wait(interval)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -99,6 +100,7 @@ def measure(cmd: list[str], cwd: Path, env: dict, log_prefix: Path, interval: fl
         "rc": child.returncode, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
         "maxrss_mb": usage.ru_maxrss / 1024,  # Linux: KiB
         "tree_rss_mb": peak[0] / 2**20, "load_before": load0, "load_after": os.getloadavg(),
+        "load_max": load_max[0],
         "stdout": f"{log_prefix}.out", "stderr": f"{log_prefix}.err",
     }
 
@@ -204,7 +206,7 @@ def report_md(results: list[dict], argv: list[str], started: str, minutes: float
         "descendants, sampled every 0.5 s (counts shared pages once per process).",
         "",
         "| demo | cold wall | cold CPU | warm re-run wall | warm CPU | peak RSS cold / warm (MB) | "
-        "peak tree RSS cold (MB) | load avg (1 min) before → after cold |",
+        "peak tree RSS cold (MB) | load avg (1 min) before → max during → after cold |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for res in results:
@@ -213,7 +215,8 @@ def report_md(results: list[dict], argv: list[str], started: str, minutes: float
         cpu = (lambda r: "–" if r is None or r["rc"] else f"{r['cpu_s']:.0f} s")
         rss = f"{c['maxrss_mb']:,.0f} / " + (f"{w['maxrss_mb']:,.0f}" if w else "–")
         lines.append(f"| `{res['command']}` | {cell(c, 'wall_s')} | {cpu(c)} | {cell(w, 'wall_s')} | {cpu(w)} | "
-                     f"{rss} | {c['tree_rss_mb']:,.0f} | {c['load_before'][0]:.2f} → {c['load_after'][0]:.2f} |")
+                     f"{rss} | {c['tree_rss_mb']:,.0f} | {c['load_before'][0]:.2f} → {c['load_max']:.2f} → "
+                     f"{c['load_after'][0]:.2f} |")
     lines += ["", "What each run produced:", ""]
     for res in results:
         c, w = res["runs"].get("cold"), res["runs"].get("warm")
