@@ -19,7 +19,8 @@ its waited-for children, NOT their sum); and the peak of the summed RSS of the w
 0.5 s with psutil (an upper bound: pages shared between forked workers count once per process). Load average
 before, after, and its maximum sampled during the run (the machine is shared). What it produced: the report's
 index.html (exists, size), the study runs' status and attempts (the study's results.sqlite) after each run, and
-which files under OUT the re-run wrote (modification time at or after its start; the report and results.json are rewritten every time).
+which files under OUT the re-run wrote (modification time at or after its start; the report and results.json
+are rewritten every time).
 Writes benchmarks/results/demo.md.
 """
 
