@@ -27,3 +27,19 @@ def test_override_values_and_train_config(tmp_path):
     cfg.write_text(cfg.read_text().replace("2.0e8", "2.5e-1"))
     with pytest.raises(CptlabError, match="max_tokens"):
         load_train_config(cfg)
+
+
+def test_overrides_reach_list_items_and_name_what_is_wrong():
+    from cptlab.config import apply_overrides
+
+    data = {"steps": [{"kind": "train", "config": {"max_steps": 1000}}, {"kind": "eval"}], "seed": 0}
+    apply_overrides(data, ["steps.0.config.max_steps=10", "steps.-1.split=valid", "new.section.key=1"])
+    assert data["steps"][0]["config"]["max_steps"] == 10
+    assert data["steps"][1] == {"kind": "eval", "split": "valid"}
+    assert data["new"] == {"section": {"key": 1}}
+    with pytest.raises(CptlabError, match=r"steps is a list of 2 items; '5' is not an index"):
+        apply_overrides(data, ["steps.5.kind=x"])
+    with pytest.raises(CptlabError, match=r"steps is a list of 2 items; 'config' is not an index"):
+        apply_overrides(data, ["steps.config.max_steps=1"])
+    with pytest.raises(CptlabError, match=r"'seed' is not a section"):
+        apply_overrides(data, ["seed.x=1"])

@@ -77,17 +77,26 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides in place; a number selects an item of a list (`steps.0.config.lr=1e-4`)."""
     for item in overrides or []:
         keys, value = parse_override(item)
-        node = data
-        for k in keys[:-1]:
-            child = node.get(k)
+        node: Any = data
+        for depth, k in enumerate(keys):
+            last = depth == len(keys) - 1
+            if isinstance(node, list):
+                if not k.lstrip("-").isdigit() or not -len(node) <= int(k) < len(node):
+                    raise CptlabError(f"--set {item!r}: {'.'.join(keys[:depth]) or 'the top level'} is a list of "
+                                      f"{len(node)} items; {k!r} is not an index of it")
+                k = int(k)
+            elif not isinstance(node, dict):
+                raise CptlabError(f"--set {item!r}: {keys[depth - 1]!r} is not a section")
+            if last:
+                node[k] = value
+                break
+            child = node[k] if isinstance(node, list) else node.get(k)
             if child is None:
                 child = node[k] = {}
-            if not isinstance(child, dict):
-                raise CptlabError(f"--set {item!r}: {k!r} is not a section")
             node = child
-        node[keys[-1]] = value
     return data
 
 

@@ -21,11 +21,8 @@ nats, Spearman ρ = +1); forgetting grew from +0.10 to +0.78 nats (lr 3e-3) and 
 perplexity after adaptation still fell monotonically, but general perplexity after adapting at lr 1e-2 bottomed
 out at 564 tokens per parameter and the last checkpoint ended 2.5% worse (2.6 standard errors over 3 seeds).
 
-Measured time (cold: corpus, tokenizer, cache, pretraining, study, report), on the shared 2-core machine of the
-project while other engineers ran tests (load average 5-7; the demo got 47% of one core on average):
-full 9 min 48 s wall (4.6 min of CPU; pretraining ~7 of the wall minutes); quick 2 min 21 s wall (87 s of CPU;
-61% of a core). On a quiet machine expect roughly the CPU time. Everything runs on one torch thread in fp32
-(see `threads`, `precision`).
+Time and memory (cold and re-run, `--quick`): BENCHMARKS.md, section "Demo" (`python benchmarks/bench_demo.py`).
+Everything runs on one torch thread in fp32 (see `threads`, `precision`).
 
 Stages under OUT/overtraining/ are reused when their inputs did not change: tokenizer/, cache/, init/ (the
 random initial weights), pretrain/ (checkpoints), study.yaml and study/ (the study runner skips finished runs).
