@@ -15,6 +15,18 @@ def _looks_local(name_or_path: str) -> bool:
     return Path(name_or_path).exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
 
 
+def _quiet_hf_bars() -> None:
+    """transformers' own bars ("Loading weights", "Writing model shards") only where cptlab shows bars."""
+    import sys
+
+    from transformers.utils import logging as hf_logging
+
+    from cptlab.console import is_quiet
+
+    if is_quiet() or not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
+
+
 def load_model(name_or_path: str | Path, dtype: str = "fp32", trust_remote_code: bool = False, device=None):
     """A causal LM from a local HF dir or a hub name (hub names need network or the HF cache).
 
@@ -28,6 +40,7 @@ def load_model(name_or_path: str | Path, dtype: str = "fp32", trust_remote_code:
         raise CptlabError(f"model {name}: directory not found")
     if dtype not in DTYPES:
         raise CptlabError(f"precision {dtype!r}: expected one of fp32, bf16, fp16")
+    _quiet_hf_bars()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(Path(name).expanduser()) if _looks_local(name) else name,
@@ -74,6 +87,7 @@ def save_model(model, tokenizer, out_dir: str | Path, extra_files: dict[str, byt
 
         model = copy.deepcopy(model).merge_and_unload()
     with atomic_dir(out_dir) as tmp:
+        _quiet_hf_bars()
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
