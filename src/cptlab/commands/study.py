@@ -80,10 +80,13 @@ def run_cmd(
         return
     options = RunnerOptions(fail_fast=fail_fast, launcher=launcher, nproc=nproc, executor=executor)
     summary = run_study(spec, out, only, options, overrides)
+    counts = summary["counts"]
+    line = f"study {summary['study_dir']}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
-    counts = summary["counts"]
-    log(f"study {summary['study_dir']}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+        log(line)
+    else:
+        typer.echo(line)  # the result: stdout (logs went to stderr)
     if counts.get("failed"):
         raise SystemExit(1)
 
