@@ -7,10 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from cptlab.train import run
-from tests.train.conftest import train_records
+from tests.train.conftest import final_tensors, train_records
 
 SCRIPT = """
 import json, sys, torch
@@ -57,3 +58,89 @@ def test_two_processes_match_one(base_config, tmp_path):
 
     wa, wb = final_tensors(one["out_dir"]), final_tensors(two["out_dir"])
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def _torchrun(cfg: dict, tmp_path, **env) -> subprocess.CompletedProcess:
+    path = tmp_path / f"cfg-{len(list(tmp_path.glob('cfg-*')))}.json"
+    path.write_text(json.dumps(cfg))
+    (tmp_path / "script.py").write_text(SCRIPT)
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", **{k: str(v) for k, v in env.items()})
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(_free_port()), str(tmp_path / "script.py"), str(path)],
+                          env=full_env, capture_output=True, text=True, timeout=180)
+
+
+def _resume_copy(src: str, dst: str, last_step: int) -> None:
+    """A copy of a finished run that ends at checkpoint `last_step` (later checkpoints and the export removed)."""
+    import shutil
+    from pathlib import Path
+
+    shutil.copytree(src, dst)
+    for p in Path(dst, "checkpoints").iterdir():
+        if int(p.name.split("-")[1]) > last_step:
+            shutil.rmtree(p)
+    shutil.rmtree(Path(dst, "final"))
+
+
+def test_fsdp_two_processes_match_one_with_kill_and_resume_across_modes(base_config, tmp_path):
+    """fsdp: true under torchrun shards the model (torch's fully_shard, gloo on CPU): the same losses, grad norms
+    and final weights as one unsharded process; SIGKILLed and resumed; its checkpoints resume without FSDP and
+    an unsharded run's checkpoints resume with it (the optimizer state is stored by parameter name either way)."""
+    from cptlab.train.checkpoint import load_tensors
+
+    over = dict(max_steps=6, grad_accum=2, eval={"interval": 3, "max_tokens": 512}, checkpoint__interval=2)
+    one = base_config("one", **over)
+    run(one)
+    sharded = base_config("fsdp", fsdp=True, quiet=False, **over)
+    killed = _torchrun(sharded, tmp_path, CPTLAB_TEST_KILL_AT_STEP=3)
+    assert killed.returncode != 0 and train_records(sharded["out_dir"])[-1]["step"] == 3
+    resumed = _torchrun({**sharded, "resume": True}, tmp_path, CPTLAB_QUIET="")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    said = " ".join(resumed.stderr.split())  # (rich wraps long lines)
+    assert said.count("fsdp: parameters, gradients and optimizer state sharded over 2 processes (50% of the "
+                      "weights on each)") == 1  # logged once: only the main process speaks
+    a, b = train_records(one["out_dir"]), train_records(sharded["out_dir"])
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    for x, y in zip(a, b):
+        assert abs(x["loss"] - y["loss"]) <= 1e-5 and abs(x["grad_norm"] - y["grad_norm"]) <= 1e-4
+        assert x["tokens_by_source"] == y["tokens_by_source"]
+    wa, wb = final_tensors(one["out_dir"]), final_tensors(sharded["out_dir"])
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(sharded["out_dir"] + "/final")  # a plain HF dir
+    opt = load_tensors(sharded["out_dir"] + "/checkpoints/step-00000004/state/optimizer.pt")
+    assert all(isinstance(k, str) for k in opt["state"])  # by parameter name, full (unsharded) tensors
+    assert {k: v["exp_avg"].shape for k, v in opt["state"].items()} == {k: v.shape for k, v in wa.items()
+                                                                        if k in opt["state"]}
+
+    # FSDP checkpoint -> one unsharded process, and an unsharded checkpoint -> FSDP: steps 5-6 as in one go
+    cross = base_config("cross", **over)
+    _resume_copy(sharded["out_dir"], cross["out_dir"], 4)
+    run({**cross, "resume": True})
+    back = base_config("back", fsdp=True, **over)
+    _resume_copy(one["out_dir"], back["out_dir"], 4)
+    proc = _torchrun({**back, "resume": True}, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("cross", "back"):
+        c = train_records(tmp_path / name)
+        assert [r["step"] for r in c] == [1, 2, 3, 4, 5, 6]
+        assert all(abs(x["loss"] - y["loss"]) <= 1e-5 for x, y in zip(a[4:], c[4:]))
+
+    # LoRA is not sharded: a clear message, no traceback from inside torch
+    lora = base_config("lora", fsdp=True, max_steps=2, lora={"r": 4, "alpha": 8})
+    proc = _torchrun(lora, tmp_path, CPTLAB_QUIET="")
+    assert proc.returncode != 0 and "fsdp: LoRA runs are not sharded" in " ".join(proc.stderr.split())
+
+
+@pytest.mark.slow
+def test_fsdp_with_compile_matches_one_process(base_config, tmp_path):
+    """compile: true compiles the blocks in place before fully_shard wraps them (cold compile: ~30 s a process)."""
+    over = dict(max_steps=3, checkpoint__interval=2)
+    one = base_config("one", **over)
+    run(one)
+    both = base_config("compiled", fsdp=True, compile=True, **over)
+    proc = _torchrun(both, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = train_records(one["out_dir"]), train_records(both["out_dir"])
+    assert len(b) == 3 and all(abs(x["loss"] - y["loss"]) <= 1e-4 for x, y in zip(a, b))

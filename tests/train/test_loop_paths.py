@@ -83,7 +83,8 @@ def test_init_from_without_rewarm_starts_at_peak_lr(base_config):
         assert lrs[-1] == pytest.approx(3e-3 * 0.1)  # wsd: the last quarter decays to min_lr_ratio
 
 
-def test_fsdp_switch_on_cpu_falls_back_to_ddp_and_says_so(base_config, monkeypatch):
+def test_fsdp_switch_with_one_process_says_nothing_is_sharded(base_config, monkeypatch):
+    """(Sharding itself, over two processes: tests/train/test_distributed.py.)"""
     from cptlab.train import loop
 
     said = []
@@ -93,7 +94,7 @@ def test_fsdp_switch_on_cpu_falls_back_to_ddp_and_says_so(base_config, monkeypat
     assert not any(m.startswith("fsdp:") for m in said)
     cfg = base_config("fsdp", max_steps=2, fsdp=True)
     run(cfg)
-    assert any(m.startswith("fsdp: not available on CPU") for m in said)
+    assert any(m.startswith("fsdp: one process, nothing to shard") for m in said)
     assert [x["loss"] for x in train_records(cfg["out_dir"])] == [x["loss"] for x in train_records(plain["out_dir"])]
 
 

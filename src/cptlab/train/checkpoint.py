@@ -64,7 +64,7 @@ def _test_kill_in_save(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def save_checkpoint(root: str | Path, step: int, model, tokenizer, optimizer, trainer_state: dict,
+def save_checkpoint(root: str | Path, step: int, model, tokenizer, optimizer_state: dict, trainer_state: dict,
                     adapter_state: dict | None = None, model_info: dict | None = None) -> Path:
     """Write checkpoint `step` under `root` atomically and return its path."""
     import torch
@@ -78,7 +78,7 @@ def save_checkpoint(root: str | Path, step: int, model, tokenizer, optimizer, tr
         save_model(model, tokenizer, tmp / "model", extra_files={"cptlab_train.json": info})
         state = tmp / "state"
         state.mkdir()
-        torch.save(optimizer.state_dict(), state / "optimizer.pt")
+        torch.save(optimizer_state, state / "optimizer.pt")
         _test_kill_in_save(step)
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -2,7 +2,8 @@
 
 One optimizer step = `grad_accum` micro-batches; together they hold `batch_size` sequences over all processes.
 The loss is the SUM of the step's token NLLs divided by the step's token count, so neither accumulation nor the
-number of processes changes it (each rank scales its partial sum by world_size because DDP averages gradients).
+number of processes changes it (each rank scales its partial sum by world_size because DDP and FSDP average
+gradients). `fsdp: true` shards the model over the processes (cptlab.train.sharding); checkpoints are the same.
 Every target is a real token (packing leaves no padding), so the token count is known before the forward pass.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from cptlab.console import log
 from cptlab.errors import CptlabError
 from cptlab.train import checkpoint as ckpt
-from cptlab.train import setup
+from cptlab.train import setup, sharding
 from cptlab.train.config import TrainConfig
 from cptlab.train.metrics import MetricsWriter, SpikeDetector, read_metrics, truncate_metrics
 from cptlab.train.schedules import schedule_fn
@@ -46,16 +47,9 @@ def _make_accelerator(cfg: TrainConfig):
     import torch
     from accelerate import Accelerator
 
-    kwargs = {}
-    if cfg.fsdp and not torch.cuda.is_available():
-        # accelerate shards with FSDP only on accelerators; on CPU several processes run as DDP.
-        log("fsdp: not available on CPU (accelerate supports FSDP on GPUs/accelerators only); using DDP")
-    elif cfg.fsdp:
-        from accelerate import FullyShardedDataParallelPlugin
-
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin()
-    # Autocast is applied by the loop itself (around model + loss), so accelerate runs in "no" precision.
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no", **kwargs)
+    # Autocast is applied by the loop itself (around model + loss), so accelerate runs in "no" precision. FSDP is
+    # not accelerate's plugin (on accelerators only) but cptlab.train.sharding, the same on CPU and GPU.
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no")
 
 
 def _prepare_out_dir(cfg: TrainConfig, out: Path, is_main: bool) -> Path | None:
@@ -144,6 +138,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     t_start = time.time()
     accelerator = _make_accelerator(cfg)
     is_main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    if not is_main:
+        set_quiet(True)  # one process speaks (errors still reach the user: they are raised, not logged)
     device = accelerator.device
     out = Path(cfg.out_dir).expanduser().resolve()
     if is_main:
@@ -214,19 +210,37 @@ def train(cfg: TrainConfig) -> TrainResult:
     from cptlab.train.loss import CausalLMLoss
 
     loss_module = CausalLMLoss(model, cfg.loss_chunk, cfg.data.document_masking, regularizer)
+    fsdp = cfg.fsdp and world > 1
+    if cfg.fsdp and not fsdp:
+        log("fsdp: one process, nothing to shard (launch with torchrun --nproc_per_node K)")
+    if fsdp and cfg.lora is not None:
+        raise CptlabError("fsdp: LoRA runs are not sharded (only the small adapters train); set fsdp: false to "
+                          "train LoRA data-parallel (DDP)")
+    if cfg.compile:
+        loss_module = setup.compile_model(loss_module)  # blocks compiled in place, before sharding wraps them
+    if fsdp:
+        wrapped = sharding.shard(loss_module)  # replaces the parameters: the optimizer is built after it
+        log(f"fsdp: parameters, gradients and optimizer state sharded over {world} processes "
+            f"({sharding.shard_fraction(model):.0%} of the weights on each)")
     optimizer = setup.build_optimizer(cfg, model, device)
+    opt_state = None
     if resume_from is not None:
-        optimizer.load_state_dict(ckpt.load_tensors(resume_from / "state" / "optimizer.pt"))
+        opt_state = ckpt.load_tensors(resume_from / "state" / "optimizer.pt")
     elif cfg.model.init_from is not None and not cfg.model.reset_optimizer:
         opt_path = Path(cfg.model.init_from) / "state" / "optimizer.pt"
         if not opt_path.is_file():
             raise CptlabError(f"model.reset_optimizer: false, but {opt_path} does not exist")
-        optimizer.load_state_dict(ckpt.load_tensors(opt_path))
-        for g in optimizer.param_groups:  # the new run's hyper-parameters, the old run's moments
-            g["betas"], g["eps"] = cfg.optimizer.betas, cfg.optimizer.eps
-    if cfg.compile:
-        loss_module = setup.compile_model(loss_module)
-    wrapped, optimizer = accelerator.prepare(loss_module, optimizer)
+        opt_state = ckpt.load_tensors(opt_path)
+    if opt_state is not None:
+        if fsdp:
+            sharding.load_optimizer_state(model, optimizer, opt_state)
+        else:
+            optimizer.load_state_dict(sharding.optimizer_state_by_index(opt_state, model, optimizer))
+        if resume_from is None:
+            for g in optimizer.param_groups:  # the new run's hyper-parameters, the old run's moments
+                g["betas"], g["eps"] = cfg.optimizer.betas, cfg.optimizer.eps
+    if not fsdp:
+        wrapped, optimizer = accelerator.prepare(loss_module, optimizer)
     params = [p for p in wrapped.parameters() if p.requires_grad]
 
     use_autocast = cfg.precision != "fp32" and torch.amp.autocast_mode.is_autocast_available(device.type)
@@ -277,11 +291,21 @@ def train(cfg: TrainConfig) -> TrainResult:
     log(f"training {cfg.model.name} ({n_params:,} trainable params) on {', '.join(sampler.names)}: "
         f"{total_steps} steps x {tokens_per_step:,} tokens, {world} process(es), {cfg.precision}, out {out}")
 
+    def plain_model():
+        """Collective under FSDP: the model as one unsharded module on the main process (None elsewhere)."""
+        if fsdp:
+            state = sharding.full_model_state(model)
+            return sharding.host_copy(model, state) if is_main else None
+        unwrapped = accelerator.unwrap_model(wrapped)
+        return getattr(unwrapped, "_orig_mod", unwrapped).model
+
     def save(at_step: int) -> None:
         accelerator.wait_for_everyone()
+        unwrapped = plain_model()
+        opt_state = sharding.full_optimizer_state(model, optimizer) if fsdp else None
         if is_main:
-            unwrapped = accelerator.unwrap_model(wrapped)
-            unwrapped = getattr(unwrapped, "_orig_mod", unwrapped).model
+            if opt_state is None:
+                opt_state = optimizer.state_dict()
             trainer_state = {
                 "step": at_step, "tokens": tokens, "total_steps": total_steps, "sampler": sampler.state_dict(),
                 "spike_history": list(spikes.history), "consecutive_nonfinite": consecutive_bad,
@@ -289,7 +313,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             }
             info = {"step": at_step, "tokens": tokens, "tokens_by_source": sampler.tokens_by_source,
                     "epochs_by_source": sampler.epochs_by_source}
-            ckpt.save_checkpoint(out / "checkpoints", at_step, unwrapped, tokenizer, optimizer, trainer_state,
+            ckpt.save_checkpoint(out / "checkpoints", at_step, unwrapped, tokenizer, opt_state, trainer_state,
                                  setup.adapter_state(unwrapped) if cfg.lora is not None else None, info)
             ckpt.apply_retention(out / "checkpoints", cfg.checkpoint.keep_last, pinned)
         accelerator.wait_for_everyone()
@@ -326,9 +350,11 @@ def train(cfg: TrainConfig) -> TrainResult:
                 step_windows += batch.windows
                 ids = batch.input_ids.to(device, non_blocking=True)
                 pos = batch.position_ids.to(device, non_blocking=True)
-                # DDP: all-reduce gradients only on the last micro-batch of the step.
-                sync = contextlib.nullcontext() if (m == cfg.grad_accum - 1 or world == 1) \
-                    else accelerator.no_sync(wrapped)
+                # DDP/FSDP: reduce gradients only on the last micro-batch of the step.
+                last = m == cfg.grad_accum - 1
+                if fsdp:
+                    wrapped.set_requires_gradient_sync(last)
+                sync = contextlib.nullcontext() if (last or world == 1 or fsdp) else accelerator.no_sync(wrapped)
                 with sync:
                     with autocast():
                         nll, reg = wrapped(ids[:, :-1], pos, ids[:, 1:])
@@ -345,7 +371,11 @@ def train(cfg: TrainConfig) -> TrainResult:
             if world > 1:
                 nll_sum, reg_sum = accelerator.reduce(nll_sum, "sum"), accelerator.reduce(reg_sum, "sum")
             scaler.unscale_(optimizer)
-            grad_norm = accelerator.clip_grad_norm_(params, cfg.optimizer.grad_clip or float("inf"))
+            if fsdp:  # sharded gradients: torch's clipping reduces the norm over the ranks (a DTensor)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optimizer.grad_clip or float("inf"))
+                grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+            else:
+                grad_norm = accelerator.clip_grad_norm_(params, cfg.optimizer.grad_clip or float("inf"))
             # The one host sync of the step: loss and grad norm decide whether the update is applied.
             loss_v, gn_v, reg_v = (torch.stack([nll_sum / tokens_per_step, grad_norm.float().to(device),
                                                 reg_sum / tokens_per_step]).tolist())
@@ -401,13 +431,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     # ---- export: a plain HF dir (LoRA merged) + what it was trained on
     final = out / "final"
     accelerator.wait_for_everyone()
+    unwrapped = plain_model()
     if is_main:
         import json
 
         from cptlab.model import save_model
 
-        unwrapped = accelerator.unwrap_model(wrapped)
-        unwrapped = getattr(unwrapped, "_orig_mod", unwrapped).model
         info = {"step": step, "tokens": tokens, "tokens_by_source": sampler.tokens_by_source,
                 "epochs_by_source": sampler.epochs_by_source}
         save_model(unwrapped, tokenizer, final, extra_files={"cptlab_train.json": json.dumps(info, indent=2).encode()})

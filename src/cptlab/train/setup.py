@@ -171,12 +171,10 @@ def compile_model(loss_module):
     loss module is compiled. Parameter names (and so checkpoints) are unchanged either way."""
     import torch
 
-    from cptlab.train.loss import causal_lm_parts
+    from cptlab.train.sharding import decoder_blocks
 
-    decoder, _ = causal_lm_parts(loss_module.model)
-    blocks = next((getattr(decoder, n) for n in ("layers", "h", "blocks") if isinstance(getattr(decoder, n, None),
-                                                                                      torch.nn.ModuleList)), None)
-    if not blocks:
+    blocks = decoder_blocks(loss_module.model)
+    if blocks is None:
         return torch.compile(loss_module)
     for block in blocks:
         block.compile()
