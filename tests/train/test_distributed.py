@@ -144,3 +144,17 @@ def test_fsdp_with_compile_matches_one_process(base_config, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = train_records(one["out_dir"]), train_records(both["out_dir"])
     assert len(b) == 3 and all(abs(x["loss"] - y["loss"]) <= 1e-4 for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("kind", ["kl", pytest.param("lssd", marks=pytest.mark.slow)])
+def test_fsdp_with_regularizer_matches_one_process(base_config, tmp_path, kind):
+    """The forgetting-control regularizers run inside the sharded loss module (the reference model stays whole)."""
+    over = dict(max_steps=3, regularizer={"kind": kind, "weight": 0.5, "reference": "base"})
+    one = base_config("one", **over)
+    run(one)
+    sharded = base_config("sharded", fsdp=True, **over)
+    proc = _torchrun(sharded, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = train_records(one["out_dir"]), train_records(sharded["out_dir"])
+    assert len(b) == 3
+    assert all(abs(x["loss"] - y["loss"]) <= 1e-5 and abs(x["reg_loss"] - y["reg_loss"]) <= 1e-5 for x, y in zip(a, b))
