@@ -191,12 +191,17 @@ def fmt_time(s: float) -> str:
 
 def report_md(results: list[dict], argv: list[str], started: str, minutes: float) -> str:
     cmd = "python benchmarks/bench_demo.py" + (" " + " ".join(argv) if argv else "")
+    # The demo itself keeps both cores busy (load ~2); what was running before the first demo tells how quiet it was.
+    first = next(iter(results[0]["runs"].values()), None) if results else None
+    quiet = first is not None and first["load_before"][0] < 0.5
+    machine = ("quiet before the first run (1-minute load average "
+               f"{first['load_before'][0]:.2f}; other jobs may have started since: load average in the table)"
+               if quiet else "**shared with other engineers' jobs** (load average in the table)")
     lines = [
         "## Demo: wall time and memory, cold and re-run",
         "",
-        f"`{cmd}` — {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores **shared with other "
-        f"engineers' jobs** (load average in the table), Python {platform.python_version()}; {started}; "
-        f"{minutes:.1f} min in all.",
+        f"`{cmd}` — {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {machine}, "
+        f"Python {platform.python_version()}; {started}; {minutes:.1f} min in all.",
         "",
         "Each demo runs as a user runs it (the venv's `cptlab`, `HF_HUB_OFFLINE=1`, output to log files) into a fresh "
         "empty `--out` in a new temporary directory, with the matplotlib, Hugging Face, XDG, TorchInductor and "
