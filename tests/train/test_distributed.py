@@ -59,6 +59,21 @@ def test_two_processes_match_one(base_config, tmp_path):
     wa, wb = final_tensors(one["out_dir"]), final_tensors(two["out_dir"])
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
+    # accelerate's launcher gives the same (its --multi_gpu means "several processes": gloo on a CPU machine)
+    launched = base_config("accelerate", **over)
+    (tmp_path / "cfg-accelerate.json").write_text(json.dumps(launched))
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "--main_process_port", str(_free_port()), str(tmp_path / "script.py"),
+                           str(tmp_path / "cfg-accelerate.json")], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    c = train_records(launched["out_dir"])
+    assert len(c) == 4 and all(abs(x["loss"] - y["loss"]) <= 1e-5 for x, y in zip(a, c))
+    from cptlab.train.checkpoint import load_trainer_state
+
+    last = "/checkpoints/step-00000004"
+    assert [load_trainer_state(r["out_dir"] + last)["world_size"] for r in (one, two, launched)] == [1, 2, 2]
+
 
 def _torchrun(cfg: dict, tmp_path, **env) -> subprocess.CompletedProcess:
     path = tmp_path / f"cfg-{len(list(tmp_path.glob('cfg-*')))}.json"
