@@ -108,7 +108,9 @@ def test_fsdp_two_processes_match_one_with_kill_and_resume_across_modes(base_con
     run(one)
     sharded = base_config("fsdp", fsdp=True, quiet=False, **over)
     killed = _torchrun(sharded, tmp_path, CPTLAB_TEST_KILL_AT_STEP=3)
-    assert killed.returncode != 0 and train_records(sharded["out_dir"])[-1]["step"] == 3
+    # Each rank kills itself at step 3; torchrun may stop rank 0 before it logs step 3 when rank 1 is first.
+    assert killed.returncode != 0, killed.stderr[-3000:]
+    assert train_records(sharded["out_dir"])[-1]["step"] in (2, 3) and not os.path.exists(sharded["out_dir"] + "/final")
     resumed = _torchrun({**sharded, "resume": True}, tmp_path, CPTLAB_QUIET="")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     said = " ".join(resumed.stderr.split())  # (rich wraps long lines)
