@@ -34,12 +34,7 @@ def test_two_processes_match_one(base_config, tmp_path):
     one = base_config("one", **over)
     run(one)
     two = base_config("two", **over)
-    (tmp_path / "cfg.json").write_text(json.dumps(two))
-    (tmp_path / "script.py").write_text(SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(_free_port()), str(tmp_path / "script.py"), str(tmp_path / "cfg.json")],
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = _torchrun(two, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = train_records(one["out_dir"]), train_records(two["out_dir"])
     assert len(a) == len(b) == 4
@@ -61,11 +56,9 @@ def test_two_processes_match_one(base_config, tmp_path):
 
     # accelerate's launcher gives the same (its --multi_gpu means "several processes": gloo on a CPU machine)
     launched = base_config("accelerate", **over)
-    (tmp_path / "cfg-accelerate.json").write_text(json.dumps(launched))
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                           "--main_process_port", str(_free_port()), str(tmp_path / "script.py"),
-                           str(tmp_path / "cfg-accelerate.json")], env=env, capture_output=True, text=True, timeout=120)
+    proc = _launch(launched, tmp_path, ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                                        "--main_process_port", str(_free_port())])
     assert proc.returncode == 0, proc.stderr[-3000:]
     c = train_records(launched["out_dir"])
     assert len(c) == 4 and all(abs(x["loss"] - y["loss"]) <= 1e-5 for x, y in zip(a, c))
@@ -75,14 +68,19 @@ def test_two_processes_match_one(base_config, tmp_path):
     assert [load_trainer_state(r["out_dir"] + last)["world_size"] for r in (one, two, launched)] == [1, 2, 2]
 
 
-def _torchrun(cfg: dict, tmp_path, **env) -> subprocess.CompletedProcess:
+def _launch(cfg: dict, tmp_path, launcher: list[str], **env) -> subprocess.CompletedProcess:
+    """`python -m LAUNCHER... script.py cfg.json`: train `cfg` in the processes the launcher starts."""
     path = tmp_path / f"cfg-{len(list(tmp_path.glob('cfg-*')))}.json"
     path.write_text(json.dumps(cfg))
     (tmp_path / "script.py").write_text(SCRIPT)
     full_env = dict(os.environ, OMP_NUM_THREADS="1", **{k: str(v) for k, v in env.items()})
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(_free_port()), str(tmp_path / "script.py"), str(path)],
+    return subprocess.run([sys.executable, "-m", *launcher, str(tmp_path / "script.py"), str(path)],
                           env=full_env, capture_output=True, text=True, timeout=180)
+
+
+def _torchrun(cfg: dict, tmp_path, **env) -> subprocess.CompletedProcess:
+    return _launch(cfg, tmp_path, ["torch.distributed.run", "--nproc_per_node", "2",
+                                   "--master_port", str(_free_port())], **env)
 
 
 def _resume_copy(src: str, dst: str, last_step: int) -> None:

@@ -10,7 +10,8 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        quick: bool = typer.Option(False, "--quick", help="The small version (odyssey about 4.5 minutes, overtraining about 1.5 minutes on 2 CPU cores; benchmarks/results/demo.md)."),
+        quick: bool = typer.Option(False, "--quick", help="The small version (odyssey about 4.5 minutes, "
+                                   "overtraining about 1.5 minutes on 2 CPU cores; benchmarks/results/demo.md)."),
         study: str = typer.Option("odyssey", "--study", help="Which demo study: odyssey | overtraining."),
         out: Path = typer.Option(Path("runs/demo"), "--out", help="Where corpora, models and results go."),
         quiet: bool = typer.Option(False, "--quiet", help="Logs only, no progress bars."),

@@ -371,11 +371,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             if world > 1:
                 nll_sum, reg_sum = accelerator.reduce(nll_sum, "sum"), accelerator.reduce(reg_sum, "sum")
             scaler.unscale_(optimizer)
-            if fsdp:  # sharded gradients: torch's clipping reduces the norm over the ranks (a DTensor)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optimizer.grad_clip or float("inf"))
-                grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-            else:
-                grad_norm = accelerator.clip_grad_norm_(params, cfg.optimizer.grad_clip or float("inf"))
+            # (what accelerate's clip_grad_norm_ does here too); sharded gradients give the norm as a DTensor
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optimizer.grad_clip or float("inf"))
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
             # The one host sync of the step: loss and grad norm decide whether the update is applied.
             loss_v, gn_v, reg_v = (torch.stack([nll_sum / tokens_per_step, grad_norm.float().to(device),
                                                 reg_sum / tokens_per_step]).tolist())

@@ -87,7 +87,7 @@ def host_copy(model, state: dict):
 
     with torch.device("meta"):
         plain = type(model)(copy.deepcopy(model.config))
-    missing, unexpected = plain.load_state_dict(state, strict=False, assign=True)
+    _, unexpected = plain.load_state_dict(state, strict=False, assign=True)  # (tied weights: missing until tied)
     if hasattr(plain, "tie_weights"):
         plain.tie_weights()
     still = [n for n, p in plain.named_parameters() if p.is_meta]
@@ -110,24 +110,25 @@ def _names(model, optimizer) -> list[str]:
         raise CptlabError("optimizer: holds a parameter that is not the model's") from None
 
 
+def _keyed_by_name(state: dict) -> bool:
+    return all(isinstance(p, str) for g in state.get("param_groups", []) for p in g["params"])
+
+
+def _rekey(state: dict, key) -> dict:
+    return {"state": {key[k]: s for k, s in state["state"].items()},
+            "param_groups": [{**g, "params": [key[k] for k in g["params"]]} for g in state["param_groups"]]}
+
+
 def optimizer_state_by_name(state: dict, model, optimizer) -> dict:
     """An optimizer state dict keyed by index (`optimizer.state_dict()`) re-keyed by parameter name."""
-    groups = state.get("param_groups", [])
-    if all(isinstance(p, str) for g in groups for p in g["params"]):
-        return state
-    names = _names(model, optimizer)
-    return {"state": {names[i]: s for i, s in state["state"].items()},
-            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in groups]}
+    return state if _keyed_by_name(state) else _rekey(state, _names(model, optimizer))
 
 
 def optimizer_state_by_index(state: dict, model, optimizer) -> dict:
     """An optimizer state dict keyed by parameter name re-keyed by index, for `optimizer.load_state_dict`."""
-    groups = state.get("param_groups", [])
-    if not all(isinstance(p, str) for g in groups for p in g["params"]):
+    if not _keyed_by_name(state):
         return state
-    index = {n: i for i, n in enumerate(_names(model, optimizer))}
     try:
-        return {"state": {index[n]: s for n, s in state["state"].items()},
-                "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in groups]}
+        return _rekey(state, {n: i for i, n in enumerate(_names(model, optimizer))})
     except KeyError as e:
         raise CptlabError(f"optimizer state: parameter {e.args[0]} is not in this model") from None
