@@ -68,19 +68,21 @@ def test_two_processes_match_one(base_config, tmp_path):
     assert [load_trainer_state(r["out_dir"] + last)["world_size"] for r in (one, two, launched)] == [1, 2, 2]
 
 
-def _launch(cfg: dict, tmp_path, launcher: list[str], **env) -> subprocess.CompletedProcess:
-    """`python -m LAUNCHER... script.py cfg.json`: train `cfg` in the processes the launcher starts."""
+def _launch(cfg: dict, tmp_path, launcher: list[str], program: list[str] | None = None,
+            **env) -> subprocess.CompletedProcess:
+    """`python -m LAUNCHER... PROGRAM cfg.json`: train `cfg` in the processes the launcher starts; the program is
+    a script calling `cptlab.train.run`, or e.g. ["-m", "cptlab", "train"] for the command line."""
     path = tmp_path / f"cfg-{len(list(tmp_path.glob('cfg-*')))}.json"
     path.write_text(json.dumps(cfg))
     (tmp_path / "script.py").write_text(SCRIPT)
     full_env = dict(os.environ, OMP_NUM_THREADS="1", **{k: str(v) for k, v in env.items()})
-    return subprocess.run([sys.executable, "-m", *launcher, str(tmp_path / "script.py"), str(path)],
+    return subprocess.run([sys.executable, "-m", *launcher, *(program or [str(tmp_path / "script.py")]), str(path)],
                           env=full_env, capture_output=True, text=True, timeout=180)
 
 
-def _torchrun(cfg: dict, tmp_path, **env) -> subprocess.CompletedProcess:
+def _torchrun(cfg: dict, tmp_path, program: list[str] | None = None, **env) -> subprocess.CompletedProcess:
     return _launch(cfg, tmp_path, ["torch.distributed.run", "--nproc_per_node", "2",
-                                   "--master_port", str(_free_port())], **env)
+                                   "--master_port", str(_free_port())], program, **env)
 
 
 def _resume_copy(src: str, dst: str, last_step: int) -> None:
@@ -109,8 +111,9 @@ def test_fsdp_two_processes_match_one_with_kill_and_resume_across_modes(base_con
     # Each rank kills itself at step 3; torchrun may stop rank 0 before it logs step 3 when rank 1 is first.
     assert killed.returncode != 0, killed.stderr[-3000:]
     assert train_records(sharded["out_dir"])[-1]["step"] in (2, 3) and not os.path.exists(sharded["out_dir"] + "/final")
-    resumed = _torchrun({**sharded, "resume": True}, tmp_path, CPTLAB_QUIET="")
+    resumed = _torchrun({**sharded, "resume": True}, tmp_path, ["-m", "cptlab", "train"], CPTLAB_QUIET="")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout == sharded["out_dir"] + "/final\n"  # the command's result, printed by one process
     said = " ".join(resumed.stderr.split())  # (rich wraps long lines)
     assert said.count("fsdp: parameters, gradients and optimizer state sharded over 2 processes (50% of the "
                       "weights on each)") == 1  # logged once: only the main process speaks

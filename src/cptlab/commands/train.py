@@ -42,4 +42,5 @@ def register(app: typer.Typer) -> None:
         payload = {"out_dir": str(result.out_dir), "final_dir": str(result.final_dir), "steps": result.steps,
                    "tokens": result.tokens, "last_loss": result.last_loss, "metrics_path": str(result.metrics_path),
                    "skipped_steps": result.skipped_steps}
-        typer.echo(json.dumps(payload, indent=2) if as_json else str(result.final_dir))
+        if result.main_process:  # under torchrun every rank returns here; one prints
+            typer.echo(json.dumps(payload, indent=2) if as_json else str(result.final_dir))

@@ -36,6 +36,7 @@ class TrainResult:
     last_loss: float | None
     metrics_path: Path
     skipped_steps: int = 0
+    main_process: bool = True  # False on the other ranks of a multi-process run (they print nothing)
 
 
 def _env_steps(name: str) -> set[int]:
@@ -156,7 +157,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             log(f"{out}: already finished at step {state['step']} (nothing to resume)")
             records = [r for r in read_metrics(out / "metrics.jsonl") if "domain" not in r]
             return TrainResult(out, out / "final", state["step"], state["tokens"],
-                               records[-1]["loss"] if records else None, out / "metrics.jsonl")
+                               records[-1]["loss"] if records else None, out / "metrics.jsonl", main_process=is_main)
 
     # ---- tokenizer, data
     from cptlab.model import check_vocab, count_parameters
@@ -444,4 +445,4 @@ def train(cfg: TrainConfig) -> TrainResult:
     log(f"done: {step} steps, {tokens:,} tokens, last loss {last_loss if last_loss is None else round(last_loss, 4)}"
         f", {elapsed:.0f} s; epochs by source: "
         + ", ".join(f"{k} {v:.2f}" for k, v in sampler.epochs_by_source.items()) + f"; model in {final}")
-    return TrainResult(out, final, step, tokens, last_loss, out / "metrics.jsonl", skipped_total)
+    return TrainResult(out, final, step, tokens, last_loss, out / "metrics.jsonl", skipped_total, is_main)
