@@ -1,4 +1,4 @@
-"""Built-in step kinds: `train` (cptlab.train.run) and `eval` (cptlab.evaluate.perplexity).
+"""Built-in step kinds: `train` (cptlab.train.run), `sft` (cptlab.sft.run) and `eval` (cptlab.evaluate.perplexity).
 
     steps:
       - name: train
@@ -12,6 +12,8 @@
         split: test
         label: after
 
+`sft` takes the same options as `train` (its config is an SFT config: data: {train: FILE.jsonl, valid: ...}) and
+returns the same outputs.
 `train` writes into the step's directory (`out_dir` is set to it unless the config names one), records every
 line of its metrics.jsonl, and returns {out_dir, final_dir, steps, tokens, last_loss, metrics_path}.
 `eval` records one row per domain and returns {domains: {domain: {token_perplexity, ...}}, token_losses}.
@@ -49,6 +51,8 @@ def train_step(step: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     # killed run with none starts afresh (the trainer clears it). A finished one is not trained again.
     config.setdefault("resume", True)
     config.setdefault("quiet", is_quiet() or ctx.rank != 0)
+    if step.get("kind") == "sft":
+        config["kind"] = "sft"
     result = train.run(config)
     metrics_path = Path(getattr(result, "metrics_path", None) or Path(config["out_dir"]) / "metrics.jsonl")
     ctx.add_metrics_jsonl(metrics_path)
@@ -119,5 +123,11 @@ def _token_losses_paths(token_losses: Path | None) -> Path | dict[str, Path] | N
     return token_losses
 
 
+def sft_step(step: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """Supervised fine-tuning with cptlab.sft (the trainer's loop, response tokens only); the step dir is out_dir."""
+    return train_step({**step, "kind": "sft"}, ctx)
+
+
 register_step_kind("train", train_step, TrainStep, distributed=True)
+register_step_kind("sft", sft_step, TrainStep, distributed=True)
 register_step_kind("eval", eval_step, EvalStep)

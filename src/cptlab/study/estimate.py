@@ -114,7 +114,7 @@ def _tokens(config: dict[str, Any]) -> float | None:
 
 def estimate_step(step: dict[str, Any]) -> dict[str, Any] | None:
     """{"tokens": int | None, "flops": float | None, "params": float | None} for a train step, else None."""
-    if step.get("kind") != "train":
+    if step.get("kind") not in ("train", "sft"):
         return None
     config = train_config(step)
     tokens = _tokens(config)

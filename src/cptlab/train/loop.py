@@ -4,7 +4,10 @@ One optimizer step = `grad_accum` micro-batches; together they hold `batch_size`
 The loss is the SUM of the step's token NLLs divided by the step's token count, so neither accumulation nor the
 number of processes changes it (each rank scales its partial sum by world_size because DDP and FSDP average
 gradients). `fsdp: true` shards the model over the processes (cptlab.train.sharding); checkpoints are the same.
-Every target is a real token (packing leaves no padding), so the token count is known before the forward pass.
+In pretraining every target is a real token (packing leaves no padding), so the token count is known before the
+forward pass. `cptlab sft` (cptlab.sft) runs this same loop on rows of whole examples whose labels are -100 on
+prompt tokens and padding: the step's micro-batches are drawn first, and every rank knows the number of target
+tokens of the whole step from the global batches, so the loss is again the mean over the step's targets.
 """
 
 from __future__ import annotations
@@ -81,9 +84,23 @@ def _clear_run(out: Path) -> None:
     (out / "metrics.jsonl").unlink(missing_ok=True)
 
 
+def _is_sft(cfg) -> bool:
+    return getattr(cfg, "kind", "cpt") == "sft"
+
+
+def _inputs_labels(batch):
+    """(inputs [b, L], labels [b, L]) of a batch: pretraining windows are [b, L+1]; SFT rows carry labels."""
+    labels = getattr(batch, "labels", None)
+    if labels is None:
+        return batch.input_ids[:, :-1], batch.input_ids[:, 1:]
+    return batch.input_ids, labels
+
+
 def _eval_domains(cfg: TrainConfig) -> list[str]:
     if cfg.eval.interval is None and not cfg.eval.at_end:
         return []
+    if _is_sft(cfg):
+        return ["sft"] if cfg.data.valid is not None else []
     if cfg.eval.domains is not None:
         return list(dict.fromkeys(cfg.eval.domains))
     return list(dict.fromkeys(n.partition("/")[0] for n in cfg.data.sources))
@@ -110,13 +127,16 @@ def evaluate(loss_module, sources: dict, cfg: TrainConfig, batch_size: int, devi
                 ks = ks + [0] * ((min(batch_size, per_rank - s)) - real)
                 if not ks:
                     continue
-                rows = [src.window(k) for k in ks]
-                ids = torch.from_numpy(np.stack([r[0] for r in rows])).to(device)
-                pos = torch.from_numpy(np.stack([r[1] for r in rows])).to(device)
-                labels = ids[:, 1:].clone()
+                if hasattr(src, "rows"):  # SFT rows: (inputs, positions, labels)
+                    ids, pos, labels = (torch.from_numpy(a).to(device) for a in src.rows(ks))
+                else:
+                    rows = [src.window(k) for k in ks]
+                    ids = torch.from_numpy(np.stack([r[0] for r in rows])).to(device)
+                    pos = torch.from_numpy(np.stack([r[1] for r in rows])).to(device)
+                    ids, labels = ids[:, :-1], ids[:, 1:].clone()
                 labels[real:] = -100  # padding rows of a rank with fewer windows count for nothing
                 with autocast():
-                    part, _ = loss_module(ids[:, :-1], pos, labels)
+                    part, _ = loss_module(ids, pos, labels)
                 nll += part.float()
                 count += (labels != -100).sum()
             if world > 1:
@@ -166,10 +186,19 @@ def train(cfg: TrainConfig) -> TrainResult:
     tok_src = setup.tokenizer_source(cfg)
     tokenizer = load_tokenizer(tok_src, trust_remote_code=cfg.model.trust_remote_code)
     eval_domains = _eval_domains(cfg)
-    cache = setup.prepare_cache(cfg, tok_src, out, is_main, eval_domains)
-    accelerator.wait_for_everyone()
-    sampler = setup.build_sampler(cfg, cache, tokenizer)
-    eval_sets = setup.eval_sources(cfg, cache, eval_domains)
+    sft = _is_sft(cfg)
+    if sft:
+        from cptlab.sft.sources import build_sources
+
+        sampler, eval_sets, _ = build_sources(cfg, tokenizer, bool(eval_domains))
+        max_id, data_where = sampler.max_id, f"data.train {cfg.data.train}"
+    else:
+        cache = setup.prepare_cache(cfg, tok_src, out, is_main, eval_domains)
+        accelerator.wait_for_everyone()
+        sampler = setup.build_sampler(cfg, cache, tokenizer)
+        eval_sets = setup.eval_sources(cfg, cache, eval_domains)
+        max_id = max(int(s.tokens.manifest.get("max_id", -1)) for s in sampler.sources.values())
+        data_where = f"data.cache_dir {cache}"
     micro_global = cfg.batch_size // cfg.grad_accum
     if micro_global % world:
         raise CptlabError(f"batch_size: {cfg.batch_size} sequences / grad_accum {cfg.grad_accum} = {micro_global} "
@@ -182,8 +211,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if resume_from is not None and cfg.lora is None:
         weights = str(resume_from / "model")
     model = setup.build_model(cfg, tokenizer, weights)
-    check_vocab(model, max(int(s.tokens.manifest.get("max_id", -1)) for s in sampler.sources.values()),
-                f"data.cache_dir {cache} (model {cfg.model.init_from or cfg.model.name})")
+    check_vocab(model, max_id, f"{data_where} (model {cfg.model.init_from or cfg.model.name})")
     if cfg.lora is not None:
         model = setup.apply_lora(cfg, model)
         if resume_from is not None:
@@ -346,10 +374,14 @@ def train(cfg: TrainConfig) -> TrainResult:
             nll_sum = torch.zeros((), device=device)
             reg_sum = torch.zeros((), device=device)
             step_windows = []
-            for m in range(cfg.grad_accum):
-                batch = sampler.next_batch(micro_global, rank, world)
+            # The whole step's data first: with masked labels (SFT) its target count scales every micro-batch.
+            batches = [sampler.next_batch(micro_global, rank, world) for _ in range(cfg.grad_accum)]
+            step_targets = sum(b.global_targets for b in batches) if sft else tokens_per_step
+            for m, batch in enumerate(batches):
                 step_windows += batch.windows
-                ids = batch.input_ids.to(device, non_blocking=True)
+                inputs, labels = _inputs_labels(batch)
+                ids = inputs.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
                 pos = batch.position_ids.to(device, non_blocking=True)
                 # DDP/FSDP: reduce gradients only on the last micro-batch of the step.
                 last = m == cfg.grad_accum - 1
@@ -358,9 +390,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                 sync = contextlib.nullcontext() if (last or world == 1 or fsdp) else accelerator.no_sync(wrapped)
                 with sync:
                     with autocast():
-                        nll, reg = wrapped(ids[:, :-1], pos, ids[:, 1:])
+                        nll, reg = wrapped(ids, pos, labels)
                         loss = nll if reg is None else nll + reg_weight * reg
-                        loss = loss * (world / tokens_per_step)
+                        loss = loss * (world / step_targets)
                     if step + 1 in nan_steps:
                         loss = loss * float("nan")
                     scaler.scale(loss).backward()
@@ -376,8 +408,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optimizer.grad_clip or float("inf"))
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
             # The one host sync of the step: loss and grad norm decide whether the update is applied.
-            loss_v, gn_v, reg_v = (torch.stack([nll_sum / tokens_per_step, grad_norm.float().to(device),
-                                                reg_sum / tokens_per_step]).tolist())
+            loss_v, gn_v, reg_v = (torch.stack([nll_sum / step_targets, grad_norm.float().to(device),
+                                                reg_sum / step_targets]).tolist())
             finite = math.isfinite(loss_v) and math.isfinite(gn_v)
             if finite or scaler.is_enabled():
                 scaler.step(optimizer)  # (a GradScaler skips the step itself on inf/nan gradients)
@@ -398,6 +430,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                       "spike": spike, "z": None if z is None else round(z, 3), "time": round(time.time() - t_start, 3)}
             if regularizer is not None:
                 record["reg_loss"] = reg_v
+            if sft:
+                record["target_tokens"] = sampler.targets_seen  # response tokens trained on so far
             if record_windows:  # test hook: which (source, epoch, window) rows this step trained on
                 record["windows"] = [list(w) for w in step_windows]
             metrics.write(record)
@@ -436,8 +470,10 @@ def train(cfg: TrainConfig) -> TrainResult:
 
         from cptlab.model import save_model
 
-        info = {"step": step, "tokens": tokens, "tokens_by_source": sampler.tokens_by_source,
-                "epochs_by_source": sampler.epochs_by_source}
+        info = {"kind": "sft" if sft else "cpt", "step": step, "tokens": tokens,
+                "tokens_by_source": sampler.tokens_by_source, "epochs_by_source": sampler.epochs_by_source}
+        if sft:
+            info["target_tokens"] = sampler.targets_seen
         save_model(unwrapped, tokenizer, final, extra_files={"cptlab_train.json": json.dumps(info, indent=2).encode()})
     accelerator.wait_for_everyone()
     metrics.close()
