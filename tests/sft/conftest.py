@@ -70,7 +70,7 @@ def sft_config(out_dir, model_dir, files, **over) -> dict:
     cfg = {
         "kind": "sft",
         "model": {"name": str(model_dir)},
-        "data": {"train": str(files["train"]), "valid": str(files["valid"]), "seq_len": 64},
+        "data": {"train": str(files["train"]), "valid": str(files["valid"]), "seq_len": 128},
         "optimizer": {"lr": 3e-3},
         "schedule": {"kind": "cosine", "warmup_steps": 2},
         "batch_size": 4,
