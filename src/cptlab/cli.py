@@ -38,6 +38,7 @@ COMMAND_MODULES = [
     "cptlab.commands.tokens",
     "cptlab.commands.train",
     "cptlab.commands.evaluate",
+    "cptlab.commands.tasks",
     "cptlab.commands.study",
     "cptlab.commands.diagnose",
     "cptlab.commands.sensitivity",
