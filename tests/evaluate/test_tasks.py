@@ -129,7 +129,7 @@ def test_fewshot_contexts_equal_lm_eval(tiny_model_dir, task_dir):
     """num_fewshot: 2 from the task's own items (the item itself left out), lm-eval's seeded sampler."""
     result = eval_tasks(str(tiny_model_dir), [str(task_dir / "tiny_mc_2shot.yaml")], device="cpu")
     ours = result.to_dict()["tasks"]["tiny_mc_2shot"]
-    assert ours["num_fewshot"] == 2
+    assert ours["config"]["num_fewshot"] == 2
     ref, ref_lls = lm_eval_reference(tiny_model_dir, task_dir / "lm_eval_tasks", "lm_tiny_mc_2shot")
     check_same(ours, result.samples, ref, ref_lls)
 

@@ -145,6 +145,6 @@ class ChoiceScorer:
         result = {
             "acc": sum(acc) / len(acc), "acc_stderr": mean_stderr(acc),
             "acc_norm": sum(acc_norm) / len(acc_norm), "acc_norm_stderr": mean_stderr(acc_norm),
-            "n": len(rows), "source": "cptlab", "file": str(task.file), **task.settings(),
+            "n": len(rows), "source": "cptlab", "file": str(task.file), "config": task.settings(),
         }
         return result, rows

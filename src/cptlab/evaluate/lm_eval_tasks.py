@@ -78,7 +78,7 @@ def run_lm_eval(model, tokenizer, specs: list[str], batch_size="auto", precision
         entry["n"] = counts.get("effective")
         entry["source"] = "lm-eval"
         entry["file"] = None
-        entry["num_fewshot"] = out.get("n-shot", {}).get(name)
+        entry["config"] = {"num_fewshot": out.get("n-shot", {}).get(name)}
         results[name] = entry
     rows = []
     for name, samples in (out.get("samples") or {}).items():
@@ -91,6 +91,5 @@ def run_lm_eval(model, tokenizer, specs: list[str], batch_size="auto", precision
                 if k in s:
                     row[k] = s[k]
             rows.append(row)
-    settings = {"lm_eval_version": getattr(lm_eval, "__version__", None),
-                "lm_eval_n_shot": out.get("n-shot", {})}
+    settings = {"lm_eval_version": getattr(lm_eval, "__version__", None)}
     return results, rows, settings

@@ -196,6 +196,7 @@ def _load_step_done(step_dir: Path, run_hash: str, raw: dict[str, Any]) -> dict[
     rec["metrics"] = [tuple(m) for m in rec.get("metrics", [])]
     rec["diagnostics"] = [tuple(d) for d in rec.get("diagnostics", [])]
     rec["artifacts"] = [tuple(a) for a in rec.get("artifacts", [])]
+    rec["task_results"] = [tuple(t) for t in rec.get("task_results", [])]
     return done
 
 
@@ -205,6 +206,7 @@ def _merge_record(into: RunRecord, part: RunRecord) -> None:
     into.evaluations.extend(part.evaluations)
     into.diagnostics.extend(part.diagnostics)
     into.artifacts.extend(part.artifacts)
+    into.task_results.extend(part.task_results)
 
 
 def _launch_torchrun(kind, step: dict[str, Any], ctx: StepContext, nproc: int) -> dict[str, Any]:

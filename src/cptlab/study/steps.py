@@ -139,6 +139,32 @@ class StepContext:
             if tl:
                 self.add_artifact("token-losses", tl)
 
+    def add_task_results(self, model_label: str, result: dict[str, Any]) -> int:
+        """Downstream task accuracy of one model (the JSON of `cptlab eval-tasks`, `TasksResult.to_dict()`):
+        one `task_results` row per numeric metric of each task (its `<metric>_stderr` beside it; n, and the
+        task's other fields with the result's settings in `extra`). Returns the rows added."""
+        tasks = result.get("tasks")
+        if not isinstance(tasks, dict):
+            raise CptlabError(f"step {self.step_name}: task results need a `tasks` mapping")
+        settings = _jsonable(dict(result.get("settings") or {}))
+        added = 0
+        for task, numbers in tasks.items():
+            if not isinstance(numbers, dict):
+                raise CptlabError(f"step {self.step_name}: task {task!r}: expected a mapping of metrics")
+            n = numbers.get("n")
+            n = int(n) if isinstance(n, (int, float)) and not isinstance(n, bool) else None
+            metrics = {k: v for k, v in numbers.items() if _is_number(v) and k != "n" and not k.endswith("_stderr")}
+            other = {k: v for k, v in numbers.items() if k != "n" and k not in metrics
+                     and not (k.endswith("_stderr") and k[:-len("_stderr")] in metrics)}
+            extra = _jsonable({**other, "settings": settings})
+            for metric, value in metrics.items():
+                stderr = numbers.get(f"{metric}_stderr")
+                self.record.task_results.append((
+                    self.step_name, str(model_label), str(task), str(metric), float(value),
+                    float(stderr) if _is_number(stderr) else None, n, extra))
+                added += 1
+        return added
+
     def add_diagnostic(self, kind: str, result_json: Any) -> None:
         """Any JSON-able result of a diagnostic (similarity matrix, fitted law, probe accuracy...)."""
         self.record.diagnostics.append((self.step_name, str(kind), _jsonable(result_json)))
@@ -155,6 +181,10 @@ class StepContext:
         atomic_write_json(path, data)
         self.add_artifact(kind, path)
         return path
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _jsonable(value: Any) -> Any:

@@ -8,6 +8,8 @@ Tables:
   evaluations  per run, step, model label, domain, split: the perplexity numbers (+ extra JSON, token-loss file)
   diagnostics  per run and step: kind -> result JSON
   artifacts    per run and step: kind -> path (relative to the study dir), e.g. per-token parquet files
+  task_results per run, step, model label, task, metric (acc, acc_norm, ...): value, stderr, n (+ extra JSON:
+               source, file, settings); from `cptlab eval-tasks`' JSON (`StepContext.add_task_results`)
 
 Writes are transactional. A run's results are written in the one transaction that marks it done, so a run
 killed mid-way leaves nothing but its claim; a claim whose process is dead (same host: the pid is gone; any
@@ -103,9 +105,25 @@ MIGRATIONS: list[str] = [
     CREATE INDEX metrics_run ON metrics (run, step_name, key);
     CREATE INDEX evaluations_run ON evaluations (run, domain);
     """,
+    # 2: downstream task accuracy (cptlab eval-tasks / the eval-tasks step): one row per metric of a task
+    """
+    CREATE TABLE task_results (
+        run TEXT NOT NULL REFERENCES runs(name) ON DELETE CASCADE,
+        step_name TEXT NOT NULL,
+        model TEXT NOT NULL,
+        task TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        value REAL,
+        stderr REAL,
+        n INTEGER,
+        extra TEXT NOT NULL DEFAULT '{}',
+        PRIMARY KEY (run, step_name, model, task, metric)
+    );
+    CREATE INDEX task_results_task ON task_results (task, metric);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-RESULT_TABLES = ("steps", "metrics", "evaluations", "diagnostics", "artifacts")
+RESULT_TABLES = ("steps", "metrics", "evaluations", "diagnostics", "artifacts", "task_results")
 
 
 @dataclass
@@ -117,6 +135,9 @@ class RunRecord:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     diagnostics: list[tuple[str, str, Any]] = field(default_factory=list)  # step_name, kind, result
     artifacts: list[tuple[str, str, str]] = field(default_factory=list)  # step_name, kind, relative path
+    # step_name, model, task, metric, value, stderr, n, extra (dict)
+    task_results: list[tuple[str, str, str, str, float | None, float | None, int | None, dict]] = \
+        field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -384,6 +405,10 @@ class Store:
                       [(run, sn, k, json.dumps(r, sort_keys=True, default=str)) for sn, k, r in record.diagnostics])
         c.executemany("INSERT OR REPLACE INTO artifacts (run, step_name, kind, path) VALUES (?, ?, ?, ?)",
                       [(run, sn, k, p) for sn, k, p in record.artifacts])
+        c.executemany("INSERT OR REPLACE INTO task_results (run, step_name, model, task, metric, value, stderr, n, "
+                      "extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      [(run, sn, mo, t, me, _clean(v), _clean(se), n, json.dumps(x or {}, sort_keys=True, default=str))
+                       for sn, mo, t, me, v, se, n, x in getattr(record, "task_results", [])])
 
     # -- reading
 
@@ -398,6 +423,31 @@ class Store:
         for status, n in self.conn.execute("SELECT status, count(*) FROM runs GROUP BY status"):
             out[status] = n
         return out
+
+
+def read_task_results(study: str | Path, task: str | None = None, metric: str | None = None) -> list[dict[str, Any]]:
+    """Task accuracy rows of a study (dir or results.sqlite) with each run's status, kind, role and axes:
+    [{run, status, kind, role, axes, step_name, model, task, metric, value, stderr, n, extra}], ordered by run
+    position, step, model, task, metric; optionally only one task and/or metric."""
+    where, args = [], []
+    if task is not None:
+        where.append("t.task = ?")
+        args.append(task)
+    if metric is not None:
+        where.append("t.metric = ?")
+        args.append(metric)
+    sql = ("SELECT t.*, r.status, r.kind, r.role, r.axes FROM task_results t JOIN runs r ON r.name = t.run"
+           + (" WHERE " + " AND ".join(where) if where else "")
+           + " ORDER BY r.position, t.run, t.step_name, t.model, t.task, t.metric")
+    with Store(study, create=False) as store:
+        rows = store.conn.execute(sql, args).fetchall()
+    out = []
+    for r in rows:
+        d = dict(r)
+        d["axes"] = json.loads(d["axes"] or "{}")
+        d["extra"] = json.loads(d["extra"] or "{}")
+        out.append(d)
+    return out
 
 
 def to_dataframes(study: str | Path) -> dict[str, "pandas.DataFrame"]:  # noqa: F821
