@@ -154,7 +154,7 @@ def test_lm_eval_task_name_gives_the_same_numbers(tiny_model_dir, task_dir, tmp_
         assert x == pytest.approx(y, rel=1e-5, abs=1e-5)
 
 
-def test_logliks_do_not_depend_on_batch_size(tiny_model, tiny_tokenizer, task_dir):
+def test_logliks_do_not_depend_on_batch_size_and_bf16_runs(tiny_model, tiny_tokenizer, task_dir):
     from cptlab.evaluate.choice_scoring import ChoiceScorer
 
     task = read_task(task_dir / "tiny_mc.jsonl")
@@ -164,6 +164,8 @@ def test_logliks_do_not_depend_on_batch_size(tiny_model, tiny_tokenizer, task_di
         runs.append([ll for r in rows for ll in r["loglikelihoods"]])
     assert runs[0] == pytest.approx(runs[1], rel=1e-5, abs=1e-5)
     assert runs[0] == pytest.approx(runs[2], rel=1e-5, abs=1e-5)
+    _, rows = ChoiceScorer(tiny_model, tiny_tokenizer, precision="bf16", device="cpu").evaluate(task)
+    assert [ll for r in rows for ll in r["loglikelihoods"]] == pytest.approx(runs[0], rel=0.05)  # bf16 autocast
 
 
 def test_aliases_string_gold_and_limit(tiny_model_dir, tmp_path):

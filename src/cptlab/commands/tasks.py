@@ -51,8 +51,11 @@ def register(app: typer.Typer) -> None:
         """Accuracy on multiple-choice tasks: the choice with the highest log-likelihood (acc) and the highest
         log-likelihood per character (acc_norm), as lm-evaluation-harness defines them.
 
-        A task file is a .jsonl of {"context", "choices", "gold"} items (or a small .yaml naming one, with
-        target_delimiter, num_fewshot, limit); anything else is an lm-eval task, run offline on the same model.
+        Task file: a .jsonl, one item per line: context, choices (a list), gold (an index or one of the choices).
+
+        Or a small .yaml naming one (path, target_delimiter, num_fewshot, limit).
+
+        Anything else is an lm-eval task name (or an lm-eval task .yaml), run offline on the same model.
 
         Example: cptlab eval-tasks --model runs/adapted/final --tasks data/capitals.jsonl,arc_easy --json acc.json
         """

@@ -9,6 +9,7 @@ offline. Metrics come back under lm-eval's names with the `,none` filter suffix 
 from __future__ import annotations
 
 import difflib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ def _task_manager(specs: list[str], include_path):
     from lm_eval.tasks import TaskManager
 
     names = [s for s in specs if not Path(s).is_file()]
-    if include_path is not None:
-        tm = TaskManager(include_path=str(include_path), include_defaults=False)
+    if include_path is not None or not names:
+        tm = TaskManager(include_path=str(include_path) if include_path is not None else None,
+                         include_defaults=False)
         if not names or all(tm.match_tasks([n]) for n in names):
             return tm
     tm = TaskManager(include_path=str(include_path) if include_path is not None else None)
@@ -55,6 +57,10 @@ def run_lm_eval(model, tokenizer, specs: list[str], batch_size="auto", precision
 
     from cptlab.evaluate.scoring import parse_batch_size
 
+    from cptlab.console import is_quiet
+
+    if is_quiet():  # lm-eval logs every task's config at INFO
+        logging.getLogger("lm_eval").setLevel(logging.WARNING)
     tm = _task_manager(specs, include_path)
     bs = parse_batch_size(batch_size) or "auto"
     kwargs = {"mixed_precision_dtype": "bfloat16"} if precision == "bf16" else {}
