@@ -11,7 +11,8 @@ from cptlab.demo.pipeline import DemoSettings, QUICK, run_demo
 SMALL = DemoSettings(vocab_size=1024, preset="llama-micro", seq_len=64, batch_size=4, pretrain_steps=12,
                      pretrain_warmup=2, adapt_steps=3, adapt_warmup=1, adapt_lrs=(1e-3,), eval_max_documents=3,
                      adapt_domains=("man_en", "legal"), corpus_max_domain_bytes=120_000, corpus_max_file_bytes=4000,
-                     similarity_measures=("jsd", "vocab"), similarity_sample_bytes=200_000)
+                     similarity_measures=("jsd", "vocab"), similarity_sample_bytes=200_000,
+                     task_per_domain=3, task_chars=60, sft_per_domain=6, sft_steps=2, sft_seq_len=128)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,21 @@ def test_small_demo_writes_results(small_demo):
     targets = {row["target"] for row in on_disk["runs"]}
     assert "control" in targets
     assert set(SMALL.adapt_domains) & set(on_disk["general"] + on_disk["held_out"]) <= targets
+
+
+def test_small_demo_measures_the_task_before_and_after_cpt_and_sft(small_demo):
+    out, results = small_demo
+    models = {r["model"] for r in results["tasks"]}
+    adapted = {row["target"] for row in results["runs"]}  # the control and the adapt_domains this machine has
+    assert "legal" in adapted
+    # base, every adapted model, and the SFT of the base and of the chosen targets (control, legal)
+    assert models == {"base", "base+sft", "cpt:control+sft", "cpt:legal+sft"} | {f"cpt:{d}" for d in adapted}
+    n_domains = len(results["general"]) + len(results["held_out"])
+    assert all(r["n"] == 3 * n_domains and 0 <= r["acc"] <= 1 for r in results["tasks"])
+    items = [json.loads(line) for line in (out / "tasks" / "which_domain.jsonl").read_text().splitlines()]
+    assert len(items) == 3 * n_domains and all(len(i["choices"]) == n_domains for i in items)
+    html = (out / "study" / "report" / "index.html").read_text()
+    assert "Does CPT help after fine-tuning?" in html and "base → CPT (legal) → SFT" in html
 
 
 def test_demo_reuses_finished_stages(small_demo):

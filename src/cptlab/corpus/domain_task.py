@@ -7,8 +7,9 @@ Every corpus in M2D2 layout carries labels for free: the domain of each document
 - SFT data (jsonl: `prompt`, `response`) for `cptlab sft`: the same prompt with the right domain as response,
 
 from different splits (train documents for SFT, test documents for the task), so no passage is both learned and
-tested. Passages are the first `chars` characters of a document, cut at a line end when one is near; documents
-are taken in a seeded order, the same number per domain (balanced classes, so chance is 1/len(domains)).
+tested. A passage is `chars` characters from a line start in a document (cut at a line end when one is near),
+at a seeded random line, documents taken round-robin in a seeded order until each domain has `per_domain`
+passages (balanced classes: chance is 1/len(domains)); a document gives several passages when a domain has few.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from cptlab.errors import CptlabError
 QUESTION = "\nQuestion: which kind of text is this?\nAnswer:"
 
 
-def passage(doc: str, chars: int) -> str:
-    text = doc.strip()
+def passage(doc: str, chars: int, start: int = 0) -> str:
+    text = doc[start:].strip()
     if len(text) <= chars:
         return text
     cut = text.rfind("\n", int(chars * 0.6), chars)
@@ -34,9 +35,9 @@ def prompt_for(text: str) -> str:
     return f"Passage:\n{text}{QUESTION}"
 
 
-def sample_documents(corpus, domains: list[str], split: str, per_domain: int, seed: int,
-                     min_chars: int = 40) -> dict[str, list[str]]:
-    """Up to `per_domain` documents of each domain's split (at least `min_chars` long), in a seeded order."""
+def sample_passages(corpus, domains: list[str], split: str, per_domain: int, chars: int, seed: int,
+                    min_chars: int = 40) -> dict[str, list[str]]:
+    """`per_domain` passages of each domain's split (each at least `min_chars` long), seeded."""
     from cptlab.corpus.layout import open_corpus
     from cptlab.corpus.read import iter_documents
 
@@ -46,8 +47,18 @@ def sample_documents(corpus, domains: list[str], split: str, per_domain: int, se
         docs = [doc for doc in iter_documents(c.source(d, split)) if len(doc.strip()) >= min_chars]
         if not docs:
             raise CptlabError(f"corpus {corpus}: domain {d!r} split {split!r} has no document of {min_chars}+ chars")
-        random.Random(f"{seed}:{d}:{split}").shuffle(docs)
-        out[d] = docs[:per_domain]
+        rng = random.Random(f"{seed}:{d}:{split}")
+        rng.shuffle(docs)
+        seen, picked, tries = set(), [], 0
+        while len(picked) < per_domain and tries < 20 * per_domain:
+            doc = docs[tries % len(docs)]
+            tries += 1
+            starts = [0] + [i + 1 for i, ch in enumerate(doc[: max(1, len(doc) - min_chars)]) if ch == "\n"]
+            text = passage(doc, chars, rng.choice(starts))
+            if len(text) >= min_chars and text not in seen:
+                seen.add(text)
+                picked.append(text)
+        out[d] = picked
     return out
 
 
@@ -58,9 +69,9 @@ def write_domain_task(corpus, domains: list[str], out: str | Path, split: str = 
         raise CptlabError("domain task: needs at least 2 domains")
     labels = labels or {d: d for d in domains}
     choices = [f" {labels[d]}" for d in domains]
-    docs = sample_documents(corpus, domains, split, per_domain, seed)
-    items = [{"context": prompt_for(passage(doc, chars)), "choices": choices, "gold": domains.index(d),
-              "domain": d} for d in domains for doc in docs[d]]
+    texts = sample_passages(corpus, domains, split, per_domain, chars, seed)
+    items = [{"context": prompt_for(t), "choices": choices, "gold": domains.index(d), "domain": d}
+             for d in domains for t in texts[d]]
     random.Random(seed).shuffle(items)
     return _write(out, items)
 
@@ -69,9 +80,8 @@ def write_domain_sft(corpus, domains: list[str], out: str | Path, split: str = "
                      chars: int = 240, seed: int = 0, labels: dict[str, str] | None = None) -> Path:
     """SFT rows: the task's prompt, the right label as the response."""
     labels = labels or {d: d for d in domains}
-    docs = sample_documents(corpus, domains, split, per_domain, seed)
-    rows = [{"prompt": prompt_for(passage(doc, chars)), "response": f" {labels[d]}"}
-            for d in domains for doc in docs[d]]
+    texts = sample_passages(corpus, domains, split, per_domain, chars, seed)
+    rows = [{"prompt": prompt_for(t), "response": f" {labels[d]}"} for d in domains for t in texts[d]]
     random.Random(seed + 1).shuffle(rows)
     return _write(out, rows)
 

@@ -64,6 +64,7 @@ def study_spec(prepared: dict, settings) -> dict[str, Any]:
     train["max_steps"] = settings.adapt_steps
     train["schedule"]["warmup_steps"] = settings.adapt_warmup
     opts["eval"]["max_documents"] = settings.eval_max_documents
+    _fill_tasks(opts, prepared, settings, domains, available)
     sim = opts.get("similarity")
     if isinstance(sim, dict):
         sim["seed"] = settings.seed
@@ -75,6 +76,29 @@ def study_spec(prepared: dict, settings) -> dict[str, Any]:
         if sample_bytes is not None:
             sim["sample_bytes"] = int(sample_bytes)
     return spec
+
+
+def _fill_tasks(opts: dict, prepared: dict, settings, domains: list[str], available: list[str]) -> None:
+    """The task block: write OUT/tasks/{which_domain,sft_train}.jsonl from the corpus and point the study at them
+    (or drop the block when the settings ask for no task)."""
+    if settings.task_per_domain is None or "tasks" not in opts:
+        opts.pop("tasks", None)
+        return
+    from cptlab.corpus.domain_task import write_domain_sft, write_domain_task
+
+    tasks_dir = Path(prepared["corpus"]).resolve().parent / "tasks"
+    task = write_domain_task(prepared["corpus"], available, tasks_dir / "which_domain.jsonl", split="test",
+                             per_domain=settings.task_per_domain, chars=settings.task_chars, seed=settings.seed)
+    sft = write_domain_sft(prepared["corpus"], available, tasks_dir / "sft_train.jsonl", split="train",
+                           per_domain=settings.sft_per_domain, chars=settings.task_chars, seed=settings.seed)
+    t = opts["tasks"]
+    t["files"] = [str(task)]
+    t["sft"]["data"]["train"] = str(sft)
+    t["sft"]["data"]["seq_len"] = settings.sft_seq_len or settings.seq_len
+    t["sft"]["batch_size"] = settings.batch_size
+    t["sft"]["max_steps"] = settings.sft_steps
+    t["sft"]["tokenizer"] = str(Path(prepared["tokenizer"]).resolve())
+    t["sft_targets"] = [d for d in settings.sft_targets if d == CONTROL or d in domains]
 
 
 def run_odyssey_study(out: Path, prepared: dict, settings) -> dict:
@@ -113,7 +137,9 @@ def run_odyssey_study(out: Path, prepared: dict, settings) -> dict:
         raise CptlabError(f"demo study {study_dir}: no adaptation run finished")
     before, table = results_table(data)
     _print_table(table, before, data["general"])
-    return {"before": before, "runs": table, "general": list(prepared["general"]),
+    tasks = task_table(study_dir)
+    _print_tasks(tasks)
+    return {"before": before, "runs": table, "tasks": tasks, "general": list(prepared["general"]),
             "held_out": list(prepared["held_out"]), "report": str(report), "study_dir": str(study_dir),
             "correlations": [{k: c[k] for k in ("group", "measure", "y", "n", "spearman", "pearson", "partial")
                               if k in c} for c in data["correlations"]]}
@@ -136,6 +162,36 @@ def results_table(data: dict) -> tuple[dict[str, float], list[dict]]:
                                      "delta_vs_control": 0.0 if target == CONTROL else cell["vs_control"]}
             table.append(row)
     return before, table
+
+
+def task_table(study_dir: Path) -> list[dict]:
+    """One row per task and model label: {task, model, acc, acc_norm, n} (the demo task: which domain?)."""
+    from cptlab.study.store import read_task_results
+
+    rows: dict[tuple[str, str], dict] = {}
+    for r in read_task_results(study_dir):
+        if r["status"] != "done" or r["metric"] not in ("acc", "acc_norm"):
+            continue
+        row = rows.setdefault((r["task"], r["model"]), {"task": r["task"], "model": r["model"], "n": r["n"]})
+        row[r["metric"]] = r["value"]
+    return list(rows.values())
+
+
+def _print_tasks(rows: list[dict]) -> None:
+    if not rows:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from cptlab.report.section_cpt_then_sft import arm_text
+
+    t = Table(title=f"Task accuracy ({rows[0]['task']}: which domain is a passage from?), before/after CPT and SFT")
+    for col in ("task", "model", "items", "acc", "acc_norm"):
+        t.add_column(col, justify="left" if col in ("task", "model") else "right")
+    for r in sorted(rows, key=lambda r: (r["task"], r["model"].endswith("+sft"), r["model"] != "base", r["model"])):
+        t.add_row(r["task"], arm_text(r["model"]), str(r["n"]), f"{r.get('acc', float('nan')):.3f}",
+                  f"{r.get('acc_norm', float('nan')):.3f}")
+    Console().print(t)
 
 
 def _print_table(table: list[dict], before: dict[str, float], general: list[str]) -> None:

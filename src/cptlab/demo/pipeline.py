@@ -5,6 +5,7 @@ Stages, each reused when its inputs did not change (so a second `cptlab demo` on
     tokenizer/  a 4096-token byte-level BPE trained on the *general* domains' train splits
     cache/      every domain/split tokenized once (cptlab.tokens.token_cache)
     base/       a tiny Llama pretrained from scratch on the general mixture (cptlab.train)
+    tasks/      a labelled task from the corpus (which domain is a passage from?) and SFT data for it
     study/      the demo study run by the study runner: results.sqlite and report/index.html
 
 The settings follow ../shared/RESEARCH-NOTES.md: llama-tiny (1.44 M parameters with this vocabulary), sequences of
@@ -41,11 +42,18 @@ class DemoSettings:
     corpus_max_file_bytes: int = 60_000  # files are cut to this size (one document each)
     similarity_measures: tuple[str, ...] | None = None  # None: the study YAML's (jsd, vocab, embedding)
     similarity_sample_bytes: int | None = None  # None: the study YAML's 1 MB per side
+    # the labelled task (cptlab.corpus.domain_task): which domain is a passage from? (None: no task)
+    task_per_domain: int | None = 10    # test-split passages per domain (multiple choice over the domains)
+    task_chars: int = 200
+    sft_per_domain: int = 32            # train-split passages per domain for SFT
+    sft_steps: int = 30
+    sft_seq_len: int | None = None      # None: seq_len
+    sft_targets: tuple[str, ...] = ("control", "legal", "pydoc_topics")  # adapted runs that are fine-tuned too
     seed: int = 0
 
 
 QUICK = DemoSettings(pretrain_steps=300, pretrain_warmup=30, adapt_steps=32, adapt_warmup=5, adapt_lrs=(1e-3,),
-                     eval_max_documents=40)
+                     eval_max_documents=40, task_per_domain=8, sft_per_domain=24, sft_steps=24)
 FULL = DemoSettings()
 
 

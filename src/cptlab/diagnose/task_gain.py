@@ -69,15 +69,24 @@ def difference(arms: dict[str, ArmStats], a: str, b: str, level: float = 0.95) -
     """Arm a minus arm b, paired by seed (seeds both arms have)."""
     if a not in arms or b not in arms:
         return None
-    seeds = sorted(set(arms[a].by_seed) & set(arms[b].by_seed))
+    va, vb = dict(arms[a].by_seed), dict(arms[b].by_seed)
+    sa_, sb_ = dict(arms[a].stderr_by_seed), dict(arms[b].stderr_by_seed)
+    # A reference measured once (e.g. the base, or its SFT in a baseline run without a seed axis) pairs with
+    # every seed of the other arm; its own seed-to-seed spread is then unknown (not in SE).
+    for v, se, other in ((vb, sb_, va), (va, sa_, vb)):
+        if len(v) == 1 and not set(v) & set(other):
+            (only,) = v
+            for s in other:
+                v[s], se[s] = v[only], se.get(only)
+    seeds = sorted(set(va) & set(vb))
     if not seeds:
         return None
-    d = [arms[a].by_seed[s] - arms[b].by_seed[s] for s in seeds]
+    d = [va[s] - vb[s] for s in seeds]
     k = len(d)
     mean = sum(d) / k
     item_var = []
     for s in seeds:
-        sa, sb = arms[a].stderr_by_seed.get(s), arms[b].stderr_by_seed.get(s)
+        sa, sb = sa_.get(s), sb_.get(s)
         if sa is not None and sb is not None:
             item_var.append(sa * sa + sb * sb)
     se_items2 = (sum(item_var) / len(item_var)) / k if len(item_var) == k else None

@@ -9,7 +9,34 @@ from cptlab.diagnose.task_gain import ArmStats, arm_stats, difference
 from cptlab.report.sections import ReportContext, Section, register_section
 
 ARM_ORDER = ["base", "cpt", "base+sft", "cpt+sft"]
-ARM_TEXT = {"base": "base", "cpt": "base → CPT", "base+sft": "base → SFT", "cpt+sft": "base → CPT → SFT"}
+
+
+def arm_text(label: str) -> str:
+    """base → CPT (legal) → SFT, from labels base, base+sft, cpt, cpt:legal, cpt:legal+sft."""
+    sft = label.endswith("+sft")
+    core = label[: -len("+sft")] if sft else label
+    if core == "base" or core.startswith("base:"):
+        text = core
+    elif core == "cpt" or core.startswith("cpt:"):
+        text = "base → CPT" + (f" ({core[4:]})" if core.startswith("cpt:") else "")
+    else:
+        return label
+    return text + (" → SFT" if sft else "")
+
+
+def comparisons(labels: set[str]) -> list[tuple[str, str]]:
+    """(a, b) pairs to difference: each CPT arm vs the base, before and after SFT, and SFT's own effect."""
+    pairs = []
+    for label in sorted(labels, key=lambda x: (x.endswith("+sft"), x)):
+        if label.endswith("+sft") or not (label == "cpt" or label.startswith("cpt:")):
+            continue
+        if f"{label}+sft" in labels and "base+sft" in labels:
+            pairs.append((f"{label}+sft", "base+sft"))
+        if "base" in labels:
+            pairs.append((label, "base"))
+    if "base+sft" in labels and "base" in labels:
+        pairs.append(("base+sft", "base"))
+    return pairs
 
 
 def task_rows(ctx: ReportContext) -> list[dict]:
@@ -29,22 +56,30 @@ def _arms(stats: dict[str, ArmStats]) -> list[str]:
 def verdict_lines(by_task: dict[str, dict[str, ArmStats]], metric: str) -> list[str]:
     lines = []
     for task, stats in by_task.items():
-        d = difference(stats, "cpt+sft", "base+sft")
-        if d is None:
-            continue
-        text = (f"{task}: {metric} after SFT is {stats['cpt+sft'].mean:.3f} with CPT and {stats['base+sft'].mean:.3f} "
-                f"without ({d.mean:+.3f}")
-        if d.low is not None:
-            text += f", 95% interval {d.low:+.3f} to {d.high:+.3f}, {d.seeds} seed(s)"
-        text += "): " + {"helped": "CPT helped after fine-tuning.",
-                         "hurt": "CPT hurt after fine-tuning.",
-                         "no clear difference": "no clear difference at this number of seeds and items.",
-                         "undetermined": "no spread to judge by (one seed and no standard errors)."}[d.verdict]
-        if "cpt" in stats and "base" in stats:
-            text += (f" Before SFT: base {stats['base'].mean:.3f}, after CPT {stats['cpt'].mean:.3f} "
-                     f"({stats['cpt'].mean - stats['base'].mean:+.3f}).")
-        lines.append(text)
+        for a, b in comparisons(set(stats)):
+            if not a.endswith("+sft"):
+                continue
+            d = difference(stats, a, b)
+            if d is None:
+                continue
+            cpt = a[: -len("+sft")]
+            text = (f"{task}: {metric} after SFT is {stats[a].mean:.3f} with CPT{_which(cpt)} and "
+                    f"{stats[b].mean:.3f} without ({d.mean:+.3f}")
+            if d.low is not None:
+                text += f", 95% interval {d.low:+.3f} to {d.high:+.3f}, {d.seeds} seed(s)"
+            text += "): " + {"helped": "CPT helped after fine-tuning.",
+                             "hurt": "CPT hurt after fine-tuning.",
+                             "no clear difference": "no clear difference at this number of seeds and items.",
+                             "undetermined": "no spread to judge by (one seed and no standard errors)."}[d.verdict]
+            if cpt in stats and "base" in stats:
+                text += (f" Before SFT: base {stats['base'].mean:.3f}, after CPT {stats[cpt].mean:.3f} "
+                         f"({stats[cpt].mean - stats['base'].mean:+.3f}).")
+            lines.append(text)
     return lines
+
+
+def _which(cpt_label: str) -> str:
+    return f" ({cpt_label[4:]})" if cpt_label.startswith("cpt:") else ""
 
 
 def cpt_then_sft_section(ctx: ReportContext) -> Section | None:
@@ -71,13 +106,13 @@ def cpt_then_sft_section(ctx: ReportContext) -> Section | None:
     by_task = arm_stats(rows, metrics[0])
     tasks = list(by_task)
     fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(tasks) + 2.5), 3.4))
-    arms = [a for a in ARM_ORDER if any(a in by_task[t] for t in tasks)]
+    arms = _arms({a: None for t in tasks for a in by_task[t]})
     width = 0.8 / max(1, len(arms))
     for j, arm in enumerate(arms):
         xs = np.arange(len(tasks)) + (j - (len(arms) - 1) / 2) * width
         means = [by_task[t][arm].mean if arm in by_task[t] else np.nan for t in tasks]
         errs = [_spread(by_task[t][arm]) if arm in by_task[t] else 0.0 for t in tasks]
-        ax.bar(xs, means, width, yerr=errs, capsize=3, label=ARM_TEXT.get(arm, arm))
+        ax.bar(xs, means, width, yerr=errs, capsize=3, label=arm_text(arm))
         for t, x in zip(tasks, xs):  # every seed as a dot
             if arm in by_task[t]:
                 vals = list(by_task[t][arm].by_seed.values())
@@ -95,16 +130,16 @@ def cpt_then_sft_section(ctx: ReportContext) -> Section | None:
         for task, stats in stats_by_task.items():
             for arm in _arms(stats):
                 s = stats[arm]
-                table.append([task, ARM_TEXT.get(arm, arm), s.mean, s.sd, len(s.by_seed), s.n,
+                table.append([task, arm_text(arm), s.mean, s.sd, len(s.by_seed), s.n,
                               ", ".join(f"{v:.3f}" for v in s.by_seed.values())])
         html.append(ctx.table(["task", "arm", f"{metric} (mean)", "sd over seeds", "seeds", "items",
                                f"{metric} per seed"], table, caption=f"{metric} per task and arm"))
         diffs = []
         for task, stats in stats_by_task.items():
-            for a, b in (("cpt+sft", "base+sft"), ("cpt", "base"), ("base+sft", "base")):
+            for a, b in comparisons(set(stats)):
                 d = difference(stats, a, b)
                 if d is not None:
-                    diffs.append([task, f"{ARM_TEXT[a]} − {ARM_TEXT[b]}", d.mean, d.se, d.low, d.high, d.seeds,
+                    diffs.append([task, f"{arm_text(a)} − {arm_text(b)}", d.mean, d.se, d.low, d.high, d.seeds,
                                   d.verdict])
         if diffs:
             html.append(ctx.table(["task", "difference", f"Δ {metric}", "SE", "95% low", "95% high", "seeds",

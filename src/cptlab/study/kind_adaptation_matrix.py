@@ -29,9 +29,14 @@ the pretraining mix (`similarity` step) and exact/near-duplicate overlap between
       attribution: {top: 10}           # false: no per-token attribution (and no per-token files needed)
       similarity: {measures: [jsd, vocab]}   # options of the `similarity` step; false: not measured
       overlap: {}                      # options of the `overlap` step; false: not measured
+      tasks:                           # optional: downstream task accuracy before/after CPT (and after SFT)
+        files: [./which_domain.jsonl]  # eval-tasks of the base and of every adapted model
+        sft: {data: {train: ./sft.jsonl, seq_len: 256}, max_steps: 40}   # optional: then SFT and eval-tasks
+        sft_targets: [control, legal]  # which adapted runs are fine-tuned too (default: every one)
 
 Runs: `before-<base>` (baseline: eval of the base, label "before"), `adapt-[<base>-]<domain>-lr<lr>[-s<seed>]`
-(train, eval "after", attribution), `control-[<base>-]lr<lr>[-s<seed>]` (role "control": the same on the general
+(train, eval "after", attribution, [eval-tasks "cpt:<target>", sft, eval-tasks "cpt:<target>+sft"]; the base's
+eval-tasks "base" / "base+sft" are in its baseline run), `control-[<base>-]lr<lr>[-s<seed>]` (role "control": the same on the general
 mix), and `similarity` / `overlap` (role "diagnostic"). Every adaptation run's config carries `meta.adaptation` =
 {base, target (None for the control), control, lr, seed, general, eval_domains, split, base_fingerprint} (a
 fingerprint of the base dir's files: a base retrained in place re-runs its runs).
@@ -51,9 +56,16 @@ from cptlab.errors import CptlabError
 from cptlab.study.kinds import StudyKind, register_study_kind
 from cptlab.study.spec import RunSpec, StudySpec, _resolve_location, resolve_steps
 
-SECTIONS = ["runs", "adaptation-matrix", "loss-curves"]
+SECTIONS = ["runs", "adaptation-matrix", "cpt-then-sft", "loss-curves"]
 CONTROL = "control"
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+class MatrixTasks(StrictModel):
+    files: list[str] = Field(min_length=1)  # eval-tasks: local task files and/or lm-eval task names
+    sft: dict[str, Any] | None = None  # an SFT config mapping (model, seed filled in)
+    sft_targets: list[str] | None = None  # adapted runs that are fine-tuned too ("control" or domains); None: all
+    eval_tasks: dict[str, Any] = Field(default_factory=dict)  # extra options of the eval-tasks steps
 
 
 class MatrixOptions(StrictModel):
@@ -70,6 +82,7 @@ class MatrixOptions(StrictModel):
     similarity: dict[str, Any] | bool = True
     overlap: dict[str, Any] | bool = True
     reference: str | None = None  # similarity reference (default: the corpus' general domains, train split)
+    tasks: MatrixTasks | None = None  # downstream task accuracy before/after CPT and after SFT
 
     @field_validator("lrs")
     @classmethod
@@ -92,6 +105,10 @@ class MatrixOptions(StrictModel):
             missing = [d for d in self.domains if d not in self.eval_domains]
             if missing:
                 raise ValueError(f"eval_domains must include every train domain (missing: {missing})")
+        if self.tasks is not None and self.tasks.sft_targets is not None:
+            unknown = [t for t in self.tasks.sft_targets if t != CONTROL and t not in self.domains]
+            if unknown:
+                raise ValueError(f"tasks.sft_targets: {unknown} are neither {CONTROL!r} nor one of the domains")
         if self.control_weights is not None and not self.control_weights:
             raise ValueError("control_weights: give at least one source")
         if isinstance(self.eval.get("token_losses"), bool) and not self.eval["token_losses"] and self.attribution:
@@ -194,13 +211,32 @@ def expand(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
         return RunSpec(name=name, kind=spec.kind, role=role, axes=axes, steps=resolved, baseline=baseline,
                        meta=meta)
 
+    tasks = opts.tasks
+    task_files = [_resolve_location(t, spec_dir) for t in tasks.files] if tasks is not None else []
+
+    def task_steps(model: str, label: str, seed: int, adapted: str | None) -> list[dict[str, Any]]:
+        """eval-tasks of `model`, then (with tasks.sft, for the chosen targets) SFT from it and eval-tasks."""
+        if tasks is None:
+            return []
+        from cptlab.study.kind_cpt_then_sft import measure_tasks, sft_step
+
+        steps = [measure_tasks(task_files, model, label, "tasks", tasks.eval_tasks)]
+        target = adapted or "base"
+        if tasks.sft is not None and (adapted is None or tasks.sft_targets is None or target in tasks.sft_targets):
+            steps += [sft_step(tasks.sft, model, seed),
+                      measure_tasks(task_files, "${steps.sft.final_dir}", f"{label}+sft", "tasks-sft",
+                                    tasks.eval_tasks)]
+        return steps
+
     runs: list[RunSpec] = []
     common = {"general": list(opts.general), "domains": list(opts.domains), "eval_domains": evaluated,
               "split": opts.split}
     for label, base_path in bases.items():
         common["base_fingerprint"] = model_fingerprint(base_path)
         before = f"before-{_safe(label)}"
-        runs.append(make(before, "baseline", [eval_step(base_path, "before")], {"base": label},
+        base_label = "base" if not many_bases else f"base:{label}"
+        runs.append(make(before, "baseline", [eval_step(base_path, "before"),
+                                              *task_steps(base_path, base_label, spec.seed, None)], {"base": label},
                          {"seed": spec.seed, "adaptation": {"base": label, "target": None, "control": False,
                                                             "lr": None, "seed": None, **dict(common)}},
                          None, "options (baseline)"))
@@ -221,6 +257,9 @@ def expand(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
                                       "after": "${steps.eval.token_losses}",
                                       "targets": list(opts.general) if is_control else [target],
                                       "label": name, **attribution})
+                    arm = "cpt:" + "-".join(([label] if many_bases else []) + [target]
+                                            + ([f"lr{lr:g}"] if len(opts.lrs) > 1 else []))
+                    steps += task_steps("${steps.train.final_dir}", arm, seed, target)
                     axes = {"base": label, "target": target, "lr": lr, "seed": seed}
                     meta = {"seed": seed, "adaptation": {"base": label, "target": None if is_control else target,
                                                          "control": is_control, "lr": lr, "seed": seed,

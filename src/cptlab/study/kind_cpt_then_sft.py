@@ -70,6 +70,16 @@ def _with_model(config: dict[str, Any], model: str, seed: int) -> dict[str, Any]
     return cfg
 
 
+def sft_step(config: dict[str, Any], model: str, seed: int, name: str = "sft") -> dict[str, Any]:
+    """An `sft` step fine-tuning `model` with the SFT config mapping `config` (model and seed filled in)."""
+    return {"kind": "sft", "name": name, "config": _with_model(config, model, seed)}
+
+
+def measure_tasks(tasks: list[str], model: str, label: str, name: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """An `eval-tasks` step: task accuracy of `model`, recorded under `label`."""
+    return {"kind": "eval-tasks", "name": name, "model": model, "tasks": list(tasks), "label": label, **extra}
+
+
 def expand(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
     opts = CptThenSftOptions.model_validate(spec.options)
     corpora = {**({"corpus": spec.corpus} if spec.corpus else {}), **spec.corpora}
@@ -81,8 +91,7 @@ def expand(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
     meta = {"tasks": tasks, "seeds": opts.seeds, "domains": opts.domains, "split": opts.split}
 
     def measure(model: str, label: str, suffix: str) -> list[dict[str, Any]]:
-        steps = [{"kind": "eval-tasks", "name": f"tasks-{suffix}", "model": model, "tasks": tasks,
-                  "label": label, **opts.eval_tasks}]
+        steps = [measure_tasks(tasks, model, label, f"tasks-{suffix}", opts.eval_tasks)]
         if opts.domains:
             steps.append({"kind": "eval", "name": f"eval-{suffix}", "model": model, "label": label,
                           "corpus": corpus_path, "split": opts.split, "domains": opts.domains, **opts.eval})
@@ -98,12 +107,11 @@ def expand(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
     runs = [run("base", "baseline", measure(base_path, "base", "base"), "base", None, "options.base")]
     for seed in opts.seeds:
         s = seed
-        sft_base = [{"kind": "sft", "name": "sft", "config": _with_model(opts.sft, base_path, s)},
-                    *measure("${steps.sft.final_dir}", "base+sft", "sft")]
+        sft_base = [sft_step(opts.sft, base_path, s), *measure("${steps.sft.final_dir}", "base+sft", "sft")]
         runs.append(run(f"base-sft-s{seed}", "run", sft_base, "base+sft", seed, "options.sft"))
         cpt = [{"kind": "train", "name": "cpt", "config": _with_model(opts.cpt, base_path, s)},
                *measure("${steps.cpt.final_dir}", "cpt", "cpt"),
-               {"kind": "sft", "name": "sft", "config": _with_model(opts.sft, "${steps.cpt.final_dir}", s)},
+               sft_step(opts.sft, "${steps.cpt.final_dir}", s),
                *measure("${steps.sft.final_dir}", "cpt+sft", "sft")]
         runs.append(run(f"cpt-sft-s{seed}", "run", cpt, "cpt+sft", seed, "options.cpt"))
     return runs

@@ -212,6 +212,11 @@ def train(cfg: TrainConfig) -> TrainResult:
         weights = str(resume_from / "model")
     model = setup.build_model(cfg, tokenizer, weights)
     check_vocab(model, max_id, f"{data_where} (model {cfg.model.init_from or cfg.model.name})")
+    context = next((getattr(model.config, k) for k in ("max_position_embeddings", "n_positions")
+                    if isinstance(getattr(model.config, k, None), int)), None)
+    if context is not None and cfg.data.seq_len > context:
+        raise CptlabError(f"data.seq_len: {cfg.data.seq_len} is longer than the model's context ({context} "
+                          f"positions, model {cfg.model.init_from or cfg.model.name})")
     if cfg.lora is not None:
         model = setup.apply_lora(cfg, model)
         if resume_from is not None:
