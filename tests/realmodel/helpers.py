@@ -79,3 +79,23 @@ def assert_hf_dir_like(final_dir, original_dir, chat_template: str | None):
     for p in model.parameters():
         assert math.isfinite(float(p.detach().float().abs().sum()))
     return model, tok
+
+
+def reference_first_loss(model_dir, cache_dir, out_dir, seq_len: int = 128, domain: str = "docs") -> float:
+    """Plain transformers' mean next-token loss (fp32, full logits) on the windows of the run's first step, as
+    recorded by the trainer's CPTLAB_TEST_RECORD_WINDOWS hook."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cptlab.tokens.packing import PackedSource
+    from cptlab.tokens.token_cache import open_tokens
+    from cptlab.train.metrics import read_metrics
+
+    first = next(r for r in read_metrics(Path(out_dir) / "metrics.jsonl") if "windows" in r)
+    src = PackedSource(open_tokens(cache_dir, domain, "train"), seq_len)
+    rows = [torch.from_numpy(src.window(int(w[-1]))[0]) for w in first["windows"]]
+    ids = torch.stack(rows)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(input_ids=ids[:, :-1]).logits.float()
+    return float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()))

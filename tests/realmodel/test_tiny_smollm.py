@@ -10,7 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from tests.realmodel.helpers import assert_hf_dir_like, cli, cpt_config, eval_ppl, train_losses, write_yaml
+from tests.realmodel.helpers import (assert_hf_dir_like, cli, cpt_config, eval_ppl, reference_first_loss, train_losses,
+                                    write_yaml)
 from tests.realmodel.tiny_smollm import DATA, VOCAB
 
 
@@ -64,3 +65,18 @@ def test_train_two_steps_then_eval(tiny_smollm_dir, tiny_smollm_cache, english_c
 
     ppl = eval_ppl(capsys, final, english_corpus, tmp_path, extra=["--max-documents", "3"])["domains"]["docs"]
     assert math.isfinite(ppl["token_perplexity"]) and ppl["token_perplexity"] > 1000  # still near-random
+
+
+@pytest.mark.parametrize("chunk", [37, 4096])
+def test_chunked_loss_with_tied_head_equals_transformers(tiny_smollm_dir, tiny_smollm_cache, tmp_path, monkeypatch,
+                                                         chunk):
+    """fp32, one step: the trainer's loss (chunked over `loss_chunk` positions, the head tied to the embedding,
+    vocab 49152) equals plain transformers' full-logits loss on the same windows."""
+    monkeypatch.setenv("CPTLAB_TEST_RECORD_WINDOWS", "1")
+    from cptlab.train import run
+
+    cfg = cpt_config(tiny_smollm_dir, tiny_smollm_cache, tmp_path / "run", precision="fp32", max_steps=1,
+                     loss_chunk=chunk, eval={"at_end": False}, checkpoint={"at_end": False})
+    run(cfg)
+    ref = reference_first_loss(tiny_smollm_dir, tiny_smollm_cache, tmp_path / "run")
+    assert abs(train_losses(tmp_path / "run")[0] - ref) < 1e-5
