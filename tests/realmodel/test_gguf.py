@@ -133,6 +133,8 @@ def test_gguf_to_hf_round_trip(tmp_path, tiny_tokenizer_dir, tied):
 
     tok, orig = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(tok_dir)
     assert tok.chat_template == CHATML and tok.eos_token == "<|endoftext|>"
+    saved = json.loads((out / "tokenizer_config.json").read_text())
+    assert "local_files_only" not in saved and "quantization_config" not in json.loads((out / "config.json").read_text())
     text = "Hello world!\n  Tabs\tand café 123 <|endoftext|>"
     assert tok(text)["input_ids"] == orig(text)["input_ids"] and tok.decode(tok(text)["input_ids"]) == text
     x = torch.tensor([orig("The quick brown fox jumps over the lazy dog.")["input_ids"]])

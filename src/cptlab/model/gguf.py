@@ -113,4 +113,6 @@ def gguf_to_hf(gguf_file: str | Path, out_dir: str | Path, dtype: str = "fp32") 
     if getattr(tok, "chat_template", None) is None and info.get("chat_template"):
         tok.chat_template = info["chat_template"]
     model.config.name_or_path = ""
+    for key in ("local_files_only", "is_local"):  # how this GGUF happened to be loaded, not part of the tokenizer
+        tok.init_kwargs.pop(key, None)
     return save_model(model, tok, out_dir)

@@ -79,13 +79,18 @@ def check_vocab(model, max_token_id: int, source: str) -> None:
 def save_model(model, tokenizer, out_dir: str | Path, extra_files: dict[str, bytes] | None = None) -> Path:
     """Write an HF dir atomically: `AutoModelForCausalLM.from_pretrained(out_dir)` loads identical logits.
 
-    PEFT (LoRA) models are merged into plain weights first, so the result needs no peft to load.
+    PEFT (LoRA) models are merged into plain weights first, so the result needs no peft to load. When LoRA adapts
+    an embedding matrix that the model ties to its output head (`lora.target_modules` naming `lm_head` or
+    `embed_tokens`), the two are no longer equal in the trained model, so the saved one is untied.
     """
     out_dir = Path(out_dir)
     if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
         import copy
 
+        untied = _untied_embeddings_of_tied_lora(model)
         model = copy.deepcopy(model).merge_and_unload()
+        if untied is not None:
+            _set_untied_embeddings(model, *untied)
     with atomic_dir(out_dir) as tmp:
         _quiet_hf_bars()
         model.save_pretrained(tmp, safe_serialization=True)
@@ -94,3 +99,50 @@ def save_model(model, tokenizer, out_dir: str | Path, extra_files: dict[str, byt
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
     return out_dir
+
+
+def _untied_embeddings_of_tied_lora(peft_model):
+    """(input embedding, output head) weights as the PEFT model computes them, when the base ties the two and a
+    LoRA layer wraps either; None otherwise. Taken from the modules' forward (one-hot inputs), so it is what
+    training used: a LoRA delta on the embedding lookup does not reach the head, nor a head delta the lookup."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    base = peft_model.get_base_model()
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    emb, head = base.get_input_embeddings(), base.get_output_embeddings()
+    if head is None or not getattr(config, "tie_word_embeddings", False):
+        return None
+    if not (isinstance(emb, LoraLayer) or isinstance(head, LoraLayer)):
+        return None
+    was_training = base.training
+    base.eval()
+    try:
+        with torch.no_grad():
+            emb_w = emb.get_base_layer().weight if isinstance(emb, LoraLayer) else emb.weight
+            vocab, dim = emb_w.shape
+            e = emb(torch.arange(vocab, device=emb_w.device)) if isinstance(emb, LoraLayer) else emb_w
+            if isinstance(head, LoraLayer):
+                eye = torch.eye(dim, dtype=emb_w.dtype, device=emb_w.device)
+                h = head(eye)
+                bias = getattr(head.get_base_layer(), "bias", None)
+                if bias is not None:
+                    h = h - bias
+                h = h.T
+            else:
+                h = emb_w
+            return e.detach().clone().contiguous(), h.detach().clone().contiguous()
+    finally:
+        base.train(was_training)
+
+
+def _set_untied_embeddings(model, emb_weight, head_weight) -> None:
+    import torch
+
+    configs = [model.config]
+    if hasattr(model.config, "get_text_config"):
+        configs.append(model.config.get_text_config())
+    for cfg in configs:
+        cfg.tie_word_embeddings = False
+    model.get_input_embeddings().weight = torch.nn.Parameter(emb_weight, requires_grad=False)
+    model.get_output_embeddings().weight = torch.nn.Parameter(head_weight, requires_grad=False)
