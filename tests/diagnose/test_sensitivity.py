@@ -154,7 +154,8 @@ def test_u_shape_verdict():
     v = u_shape_verdict(pts)
     assert v["best"] == "b" and v["u_shape"] is True
     assert v["difference"] == pytest.approx(0.8)
-    assert "ends best" in v["text"]
+    assert "ends best" in v["text"] and "alpha = 0.05" in v["text"]
+    assert v["p_value"] < 0.05 and v["alpha"] == 0.05 and v["comparisons"] == 2
     noisy = [{"label": "a", "tokens": 1, "values": [9.0, 11.0]}, {"label": "b", "tokens": 2, "values": [9.5, 10.9]}]
     assert u_shape_verdict(noisy)["u_shape"] is False  # within noise
     mono = u_shape_verdict([{"label": "a", "values": [3.0]}, {"label": "b", "values": [2.0]}])

@@ -209,15 +209,55 @@ def difference(first: dict[str, Any], last: dict[str, Any]) -> tuple[float, floa
     return diff, math.sqrt(first["sem"] ** 2 + last["sem"] ** 2)
 
 
+def welch_test(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any] | None:
+    """Welch's t-test of `last` mean - `first` mean (two `summarize` results, seeds independent between them).
+
+    {"difference", "se", "t", "df" (Welch-Satterthwaite), "p_greater" (one-sided: last > first), "p_less",
+    "p_two_sided"}; None when either side has fewer than two values or both have zero spread (no variance to
+    test against). Unpaired, so valid whether or not runs with the same seed are correlated across checkpoints
+    (a positive correlation only makes it conservative)."""
+    if first["n"] < 2 or last["n"] < 2:
+        return None
+    diff, se = difference(first, last)
+    if se is None or not se > 0:
+        return None
+    from scipy.special import stdtr  # the t CDF (a ufunc: much cheaper per call than scipy.stats.t)
+
+    v1, v2 = first["sem"] ** 2, last["sem"] ** 2
+    df = (v1 + v2) ** 2 / (v1 ** 2 / (first["n"] - 1) + v2 ** 2 / (last["n"] - 1))
+    t = diff / se
+    p_greater = float(stdtr(df, -t))
+    p_less = float(stdtr(df, t))
+    return {"difference": diff, "se": se, "t": t, "df": df, "p_greater": p_greater, "p_less": p_less,
+            "p_two_sided": min(1.0, 2 * min(p_greater, p_less))}
+
+
+U_TEST = "one-sided Welch t-tests of the last checkpoint against each earlier one, Bonferroni-corrected"
+
+
 def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perplexity after adaptation",
-                    z: float = 2.0) -> dict[str, Any]:
-    """Does adapting from later checkpoints end worse than from an earlier one?
+                    alpha: float = 0.05) -> dict[str, Any]:
+    """Does adapting from the last checkpoint end worse than from an earlier one? A test at level `alpha`.
 
     `points`: one per checkpoint, in pretraining order, each `{"label", "tokens", "values": [one per seed]}` and
     optionally "parameters" (then the text says how many tokens per parameter the checkpoints saw); lower is
-    better. The best checkpoint is the one with the lowest mean; the curve "turns up" when a later checkpoint ends
-    worse than the best by more than `z` standard errors of the difference (SE from the spread
-    over seeds; with one seed there is no spread and the verdict says the evidence is a single run).
+    better. The best checkpoint is the one with the lowest mean.
+
+    The test. Picking the best checkpoint after looking at the means and then testing the last one against it
+    inflates the error rate (with z = 2 and 2-5 seeds, 14-20% of flat curves were called U-shaped). Instead the
+    last checkpoint is tested against *every* earlier checkpoint, each with a one-sided Welch t-test (t quantiles,
+    so 2 or 3 seeds are judged with their real, wide, uncertainty), and the smallest p-value is multiplied by the
+    number of comparisons (Bonferroni). Whichever earlier checkpoint turns out best, the chance that a curve
+    with no rise (all checkpoints equal in expectation, or falling) is called U-shaped is at most `alpha`
+    (tests/diagnose/test_u_shape_test.py measures it by simulation). Comparisons need at least two seeds on both
+    sides; with a single seed there is no spread and no verdict (`u_shape` None).
+
+    Fields: best/last (label, tokens, mean), `difference` (last - best mean), `relative_difference`,
+    `difference_se`, `later_worse`, `u_shape` (True: shown at `alpha`; False: not shown; None: no test possible),
+    `verdict`, `text`, and the test's `test`, `alpha`, `p_value` (Bonferroni-adjusted), `p_value_raw`,
+    `comparisons` (how many earlier checkpoints were tested), `compared_with` (the earlier checkpoint with the
+    smallest p-value), `t`, `df`, `detectable_difference` (the rise over that checkpoint that would have been
+    significant at this spread).
     """
     rows = []
     for p in points:
@@ -225,37 +265,59 @@ def u_shape_verdict(points: Sequence[dict[str, Any]], metric: str = "target perp
         if s["n"]:
             rows.append({"label": p["label"], "tokens": p.get("tokens"), "parameters": p.get("parameters"), **s})
     if not rows:
-        return {"verdict": "no results", "text": f"No {metric} to compare.", "u_shape": None}
+        return {"verdict": "no results", "text": f"No {metric} to compare.", "u_shape": None, "test": U_TEST,
+                "alpha": alpha, "p_value": None}
     best_i = min(range(len(rows)), key=lambda i: rows[i]["mean"])
     best = rows[best_i]
     last = rows[-1]
     out: dict[str, Any] = {"metric": metric, "best": best["label"], "best_tokens": best["tokens"],
                            "best_mean": best["mean"], "last": last["label"], "last_tokens": last["tokens"],
-                           "last_mean": last["mean"], "checkpoints": rows}
+                           "last_mean": last["mean"], "checkpoints": rows, "test": U_TEST, "alpha": alpha,
+                           "p_value": None, "p_value_raw": None, "comparisons": 0, "compared_with": None}
+    tests = [(r, welch_test(r, last)) for r in rows[:-1]]
+    tests = [(r, w) for r, w in tests if w is not None]
+    if tests:
+        from scipy.special import stdtrit  # t quantile
+
+        m = len(tests)
+        ref, w = min(tests, key=lambda rw: rw[1]["p_greater"])
+        crit = float(stdtrit(w["df"], 1 - alpha / m))
+        out.update(comparisons=m, compared_with=ref["label"], p_value_raw=w["p_greater"],
+                   p_value=min(1.0, m * w["p_greater"]), t=w["t"], df=w["df"],
+                   detectable_difference=crit * w["se"])
+    how = (f"Test ({U_TEST} over {out['comparisons']} comparison(s), alpha = {alpha:g})"
+           if tests else "")
     if best_i == len(rows) - 1:
-        out.update(u_shape=False, difference=0.0, difference_se=None,
-                   verdict="monotone", text=f"Adapting from the last checkpoint {last['label']}{seen_text(last)} ends "
+        out.update(u_shape=False, difference=0.0, difference_se=None, verdict="monotone",
+                   text=f"Adapting from the last checkpoint {last['label']}{seen_text(last)} ends "
                    f"best ({metric}: {last['mean']:.4g}); no sign that longer pretraining hurt adaptation.")
         return out
     diff, se = difference(best, last)
     rel = diff / best["mean"] if best["mean"] else float("nan")
     later = rows[best_i + 1:]
     worse_later = [r["label"] for r in later if r["mean"] > best["mean"]]
-    significant = se is not None and se > 0 and diff > z * se
     out.update(difference=diff, relative_difference=rel, difference_se=se, later_worse=worse_later)
     head = (f"Adapting from checkpoint {best['label']}{seen_text(best)} ends best ({metric}: {best['mean']:.4g}); "
             f"the last checkpoint {last['label']}{seen_text(last)} ends worse by {diff:.4g} ({100 * rel:+.1f}%)")
-    if se is None:
-        out.update(u_shape=None, verdict="u-shape (one seed)",
-                   text=head + ", from a single seed: no spread to judge whether this is more than noise.")
-    elif significant:
+    if not tests:
+        n_last = last["n"]
+        why = ("a single seed" if max(r["n"] for r in rows) < 2 else
+               f"only {n_last} seed of the last checkpoint" if n_last < 2 else
+               "no earlier checkpoint with two or more seeds and a spread to compare with")
+        out.update(u_shape=None, verdict="undecided (one seed)" if max(r["n"] for r in rows) < 2 else "undecided",
+                   text=head + f", from {why}: no variance to test whether this is more than noise, so no "
+                   "verdict (run at least two seeds per checkpoint).")
+        return out
+    p, ref = out["p_value"], out["compared_with"]
+    head += f", over {best['n']} and {last['n']} seeds. {how}: vs {ref}, t = {out['t']:.2f} on {out['df']:.1f} df, "
+    if p <= alpha:
         out.update(u_shape=True, verdict="u-shape",
-                   text=head + f", {diff / se:.1f} standard errors of the difference (SE {se:.3g} over "
-                   f"{best['n']} and {last['n']} seeds): later pretraining made adaptation end worse.")
+                   text=head + f"adjusted p = {p:.3g} <= {alpha:g}: later pretraining made adaptation end worse.")
     else:
         out.update(u_shape=False, verdict="within noise",
-                   text=head + f", but that is only {diff / se if se else 0:.1f} standard errors (SE {se:.3g}): "
-                   "within the spread over seeds, not evidence of a U-shape.")
+                   text=head + f"adjusted p = {p:.3g} > {alpha:g}: within the spread over seeds, not evidence of a "
+                   f"U-shape (at this spread, {last['label']} would have had to end worse than {ref} by more than "
+                   f"{out['detectable_difference']:.3g}).")
     return out
 
 

@@ -99,22 +99,25 @@ def forgetting(t: dict[str, Any]) -> dict[float, dict[str, Any]]:
     return out
 
 
-def _forgetting_text(rows: list[dict[str, Any]], lr: float) -> str:
-    from cptlab.diagnose.checkpoint_series import difference, seen_text
+def _forgetting_text(rows: list[dict[str, Any]], lr: float, alpha: float = 0.05) -> str:
+    from cptlab.diagnose.checkpoint_series import difference, seen_text, welch_test
 
     if len(rows) < 2:
         return f"lr {lr:g}: fewer than two checkpoints with general perplexity before and after; nothing to compare."
     first, last = rows[0], rows[-1]
-    diff, se = difference(first, last)
+    diff, _ = difference(first, last)
+    w = welch_test(first, last)
+    sig = w is not None and w["p_two_sided"] <= alpha
     text = (f"At lr {lr:g}, adaptation raised the general log-perplexity by {first['mean']:+.3f} nats from "
             f"{first['label']}{seen_text(first)} and by {last['mean']:+.3f} from {last['label']}{seen_text(last)}")
-    if se:
-        text += f" (difference {diff:+.3f}, {abs(diff) / se:.1f} standard errors over seeds)"
+    if w:
+        text += (f" (difference {diff:+.3f}; Welch t-test over seeds: t = {w['t']:.2f} on {w['df']:.1f} df, "
+                 f"two-sided p = {w['p_two_sided']:.3g}, alpha = {alpha:g})")
     else:
-        text += f" (difference {diff:+.3f}, one seed: no spread)"
-    if se and diff > 2 * se:
+        text += f" (difference {diff:+.3f}; fewer than two seeds or no spread: no test)"
+    if sig and diff > 0:
         text += ": the later checkpoint forgets more of its pretraining when adapted, as the paper predicts."
-    elif se and diff < -2 * se:
+    elif sig and diff < 0:
         text += ": the later checkpoint forgets less; no sign of progressive sensitivity in forgetting."
     else:
         text += ": no clear difference beyond the spread over seeds."
@@ -159,7 +162,9 @@ def checkpoint_sweep_section(ctx: ReportContext) -> Section | None:
         f"domain(s) ({ctx.escape(', '.join(t['target']))}) and on the general domain(s) "
         f"({ctx.escape(', '.join(t['general']) or 'none given')}) before and after. Error bars: standard error over "
         "seeds. A later checkpoint that ends worse than an earlier one is the signature of catastrophic "
-        "overtraining (arXiv 2503.19206).</p>",
+        "overtraining (arXiv 2503.19206). The verdict tests the last checkpoint against every earlier one "
+        "(one-sided Welch t-tests, Bonferroni-corrected, so picking the best checkpoint after the fact does not "
+        "inflate the error rate): a flat curve is called U-shaped at most 5% of the time.</p>",
         ctx.figure(fig, "checkpoint-sweep", "Perplexity vs pretraining tokens, before and after adaptation"),
     ]
     for (group, lr), v in verdicts(t).items():

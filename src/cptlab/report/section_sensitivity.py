@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any
 
-from cptlab.diagnose.checkpoint_series import difference, token_ticks
+from cptlab.diagnose.checkpoint_series import difference, token_ticks, welch_test
 from cptlab.diagnose.correlation import spearman
 from cptlab.report.sections import ReportContext, Section, register_section
 
@@ -34,7 +34,7 @@ def reference_gamma(result: dict[str, Any]) -> float | None:
     return max(ok) if ok else min(gammas)
 
 
-def verdict_text(result: dict[str, Any], gamma: float) -> str:
+def verdict_text(result: dict[str, Any], gamma: float, alpha: float = 0.05) -> str:
     models = result["models"]
     pts = []
     for i, m in enumerate(models):
@@ -47,15 +47,18 @@ def verdict_text(result: dict[str, Any], gamma: float) -> str:
         return f"At γ = {gamma:g}: {len(pts)} checkpoint(s) measured; nothing to compare."
     first, last = pts[0], pts[-1]
     rho = spearman([p[0] for p in pts], [p[1]["mean"] for p in pts]) if len(pts) >= 3 else None
-    diff, se = difference(first[1], last[1])
+    diff, _ = difference(first[1], last[1])
+    w = welch_test(first[1], last[1])
+    sig = w is not None and w["p_two_sided"] <= alpha
     text = (f"At γ = {gamma:g}, the loss increase goes from {first[1]['mean']:.4g} nats ({first[2]}) to "
             f"{last[1]['mean']:.4g} nats ({last[2]}), a change of {diff:+.4g}")
-    text += f" ({abs(diff) / se:.1f} standard errors)" if se else " (one seed: no spread)"
+    text += (f" (Welch t-test over seeds, first vs last checkpoint: t = {w['t']:.2f} on {w['df']:.1f} df, two-sided "
+             f"p = {w['p_two_sided']:.3g}, alpha = {alpha:g})" if w else " (fewer than two seeds or no spread: no test)")
     if rho is not None:
         text += f"; Spearman ρ between pretraining tokens and sensitivity = {rho:+.2f} over {len(pts)} checkpoints"
-    if se and diff > 2 * se and (rho is None or rho > 0.5):
+    if sig and diff > 0 and (rho is None or rho > 0.5):
         text += ". Sensitivity rises with pretraining: later checkpoints are more fragile, as the paper predicts."
-    elif se and diff < -2 * se:
+    elif sig and diff < 0:
         text += ". Sensitivity falls with pretraining here: no sign of progressive sensitivity."
     else:
         text += ". No clear trend beyond the spread over seeds."
