@@ -118,7 +118,8 @@ def test_m2d2_mode_equals_its_script(tiny_model, tiny_tokenizer, tiny_corpus, ti
     docs = tiny_docs["prose"][:3]
     result = perplexity(tiny_model, tiny_tokenizer, corpus=tiny_corpus, domains=["prose"], max_documents=3,
                         context=32, mode="m2d2")
-    ids = tiny_tokenizer("\n".join(docs), return_tensors="pt").input_ids
+    # the file's lines joined with "\n": the fixture's .txt separates documents by one blank line
+    ids = tiny_tokenizer("\n\n".join(docs), return_tensors="pt").input_ids
     n, stride, nlls, total, scored = ids.size(1), 32, [], 0.0, 0
     with torch.no_grad():
         for i in range(0, n, stride):
@@ -138,7 +139,7 @@ def test_m2d2_mode_equals_its_script(tiny_model, tiny_tokenizer, tiny_corpus, ti
     assert r.tokens == scored
     assert r.nll_sum == pytest.approx(total, rel=1e-5)
     assert result.m2d2_perplexity["prose"] == pytest.approx(m2d2, rel=1e-5)
-    joined = "\n".join(docs)
+    joined = "\n\n".join(docs)
     assert (r.words, r.bytes, r.documents) == (len(re.split(r"\s+", joined)), len(joined.encode()), 3)
 
 

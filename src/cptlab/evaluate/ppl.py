@@ -11,12 +11,19 @@ Modes (see `windows.py` for the exact windows):
   rolling windows of `context` tokens; words = `len(re.split(r"\\s+", doc))` and bytes = UTF-8 bytes per document,
   summed. With the defaults (context = the model's maximum length, stride = context) the numbers are lm-eval's
   `loglikelihood_rolling` + `word_perplexity` / `byte_perplexity` / `bits_per_byte`.
-- `m2d2`: the documents joined with "\\n" into one stream, tokenized as one text (no prefix token) and scored in
-  M2D2's fixed windows (`lm_scripts/validate_on_multiple_files.py`: the first token of each window with
-  stride = context is not scored). `tokens` counts the scored tokens; words and bytes are those of the joined
-  text. M2D2's own number (which weights each window's mean loss by its label count and divides by all stream
-  tokens) is `EvalResult.m2d2_perplexity[domain]`. The stream is tokenized in pieces of ~4 M characters cut at
-  document boundaries (a piece after the first starts with the joining "\\n"), which equals tokenizing it whole
+- `m2d2`: one stream per domain, tokenized as one text (no prefix token) and scored in M2D2's fixed windows
+  (`lm_scripts/validate_on_multiple_files.py`: the first token of each window with stride = context is not
+  scored). The stream is what M2D2 builds from its test file: for .txt, the file's lines (without their line
+  terminators) joined with "\\n", blank and whitespace-only lines included, so the blank line between two
+  documents stays an empty line ("\\n\\n" in the stream, whatever `txt_mode` says; several files of a split
+  follow one another, joined with "\\n"). For .jsonl, .parquet, a `datasets` spec or a templated corpus there
+  are no lines: the documents (verbatim, empty ones skipped) are joined with "\\n". `documents` and
+  `max_documents` count documents as `txt_mode` defines them (blank lines between them belong to the stream but
+  are not documents; with `max_documents` the stream ends with the last line of the N-th document).
+  `tokens` counts the scored tokens; words and bytes are those of the stream. M2D2's own number (which weights
+  each window's mean loss by its label count and divides by all stream tokens) is
+  `EvalResult.m2d2_perplexity[domain]`. The stream is tokenized in pieces of ~4 M characters cut at document
+  boundaries (a piece after the first starts with the joining "\\n"), which equals tokenizing it whole
   for byte-level BPE tokenizers except in rare whitespace merges at a piece boundary.
 
 Streaming: documents are read, tokenized and scored in chunks of about `CHUNK_CHARS` characters (windows of all
@@ -241,7 +248,8 @@ def perplexity(model, tokenizer=None, corpus=None, split: str = "test", domains=
         for name in names:
             source = corpus.source(name, split)
             stats = ReadStats()
-            docs = iter_documents(source, read_options, stats)
+            docs = (iter_documents(source, read_options, stats) if mode == "lm-eval"
+                    else m2d2_units(source, read_options, stats))
             res = DomainResult()
             if mode == "lm-eval":
                 _score_lm_eval(scorer, tok, prefix, docs, name, res, context, stride, writer, chunk_chars,
@@ -296,6 +304,67 @@ def _score_lm_eval(scorer, tok, prefix, docs, name, res, context, stride, writer
             if writer is not None and len(nll):
                 writer.write(name, doc_index + k, seqs[k][1:], nll)
         doc_index += len(chunk)
+
+
+def m2d2_units(source, options=None, stats=None):
+    """The pieces of a domain's m2d2 stream, one per document: `"\\n".join(units)` is the stream (module doc).
+
+    For .txt (no template): each unit is a document's lines with the blank lines before it (the blank lines at
+    the end of a file go with its last document), joined with "\\n" and without line terminators, so joining the
+    units with "\\n" gives back the file's lines joined with "\\n". A document with invalid UTF-8 is skipped or
+    kept with U+FFFD as `on_decode_error` says (counted in `stats`). Other sources: `iter_documents`."""
+    from cptlab.corpus import ReadOptions, ReadStats, iter_documents
+    from cptlab.corpus.layout import file_format
+    from cptlab.corpus.read import _decode_ok, _strip_eol
+    from cptlab.corpus.textio import iter_lines
+
+    options = options or ReadOptions()
+    stats = stats if stats is not None else ReadStats()
+    template = options.template if options.template and options.template.applies_to(source.domain) else None
+    fmts = [source.format or file_format(Path(f)) for f in source.files]
+    if source.hf or template is not None or not fmts or any(f != "txt" for f in fmts):
+        yield from iter_documents(source, options, stats)
+        return
+    one_per_line = (source.txt_mode or options.txt_mode) == "line"
+
+    def unit(lines, invalid):
+        if not _decode_ok(invalid, options, stats):
+            return None
+        text = "\n".join(lines)
+        stats.documents += 1
+        stats.words += count_words(text)
+        stats.bytes += count_bytes(text)
+        return text
+
+    for path in source.files:
+        path = Path(path)
+        if not path.is_file():
+            raise CptlabError(f"{path}: no such file (corpus {source.domain}/{source.split})")
+        stats.files += 1
+        lines: list[str] = []  # the current unit: blank lines, then a document's lines
+        has_doc = prev_blank = False
+        invalid = 0
+        for line in iter_lines(path, options.on_decode_error):
+            text = _strip_eol(line.text)
+            blank = not text or text.isspace()
+            if not blank and has_doc and (one_per_line or prev_blank):
+                # a new document starts: the finished one ends before the blank lines that separate them
+                k = len(lines)
+                while k and (not lines[k - 1] or lines[k - 1].isspace()):
+                    k -= 1
+                done, lines = lines[:k], lines[k:]
+                out = unit(done, invalid)
+                if out is not None:
+                    yield out
+                has_doc, invalid = False, 0
+            lines.append(text)
+            has_doc = has_doc or not blank
+            invalid += line.invalid if not blank else 0
+            prev_blank = blank
+        if has_doc:  # the blank lines at the end of the file go with its last document
+            out = unit(lines, invalid)
+            if out is not None:
+                yield out
 
 
 def _score_m2d2(scorer, tok, docs, name, res, context, stride, writer, chunk_chars, max_documents, jobs_for):
