@@ -14,7 +14,11 @@ JSON-able dict:
 * `attribution`: per adapted run, the attribution step's result (per-domain class contributions, format share,
   change without format tokens, top tokens).
 * `worse`: every cell whose perplexity rose, with the share of the rise carried by newline/whitespace/punctuation
-  tokens and the relative change without them.
+  tokens and the relative change without them, both pooled over the cell's seeds by tokens (`pooled_format`):
+  format_share = Σ_seeds (format classes' Σ Δnll) / Σ_seeds (total Σ Δnll), so a seed with a bigger change weighs
+  more and the ratio of a small, noisy total cannot explode the average; rel_change_without_format from the
+  token-pooled log PPL without the format tokens (with equal token counts: the geometric mean over seeds of
+  PPL_after, as the cells use). `attribution_seeds` says how many attributions were pooled.
 """
 
 from __future__ import annotations
@@ -165,6 +169,43 @@ def _attribution(conn: sqlite3.Connection, meta_of: dict[str, dict]) -> dict[str
     return out
 
 
+def pooled_format(cells: list[dict]) -> dict[str, Any]:
+    """Format share and relative change without the format tokens, pooled over seeds (attribution cells of one
+    (model, test domain), one per seed) by tokens; see the module docstring.
+
+    Per seed, with N tokens: the format classes' summed Δnll = N · format.contribution and the total summed Δnll
+    = N · delta_log_ppl (contributions are Σ Δnll / N). share = Σ N·contribution / Σ N·delta_log_ppl (None when
+    the pooled total is ~0). Without format: log PPL_after/before pooled as Σ N' log PPL / Σ N' over the
+    without-format cells (N' their token counts). A cell that lacks `tokens` weighs 1; one that lacks the
+    pooling fields falls back to its own share / relative change, averaged (older results)."""
+    num = den = 0.0
+    have = [c for c in cells if isinstance((c.get("format") or {}).get("contribution"), (int, float))
+            and isinstance(c.get("delta_log_ppl"), (int, float))]
+    share = None
+    if have:
+        for c in have:
+            n = c.get("tokens") or 1
+            num += n * c["format"]["contribution"]
+            den += n * c["delta_log_ppl"]
+        share = num / den if abs(den) > 1e-12 * sum(c.get("tokens") or 1 for c in have) else None
+    else:
+        shares = [c["format"]["share"] for c in cells if (c.get("format") or {}).get("share") is not None]
+        share = sum(shares) / len(shares) if shares else None
+    wo = [c.get("without_format") or {} for c in cells]
+    full = [w for w in wo if all(isinstance(w.get(k), (int, float)) and w[k] > 0 for k in ("ppl_before", "ppl_after"))]
+    without = None
+    if full:
+        weights = [w.get("tokens") or 1 for w in full]
+        total = sum(weights)
+        log_a = sum(n * math.log(w["ppl_after"]) for n, w in zip(weights, full)) / total
+        log_b = sum(n * math.log(w["ppl_before"]) for n, w in zip(weights, full)) / total
+        without = math.exp(log_a - log_b) - 1.0
+    else:
+        rel = [w["rel_change"] for w in wo if w.get("rel_change") is not None]
+        without = sum(rel) / len(rel) if rel else None
+    return {"format_share": share, "rel_change_without_format": without, "attribution_seeds": len(cells)}
+
+
 def _worse(groups: list[dict], attribution: dict[str, dict]) -> list[dict]:
     """Cells whose PPL rose, with the format classes' share of the rise (pooled over seeds by tokens)."""
     by_key: dict[tuple, list[dict]] = defaultdict(list)
@@ -181,15 +222,9 @@ def _worse(groups: list[dict], attribution: dict[str, dict]) -> list[dict]:
                 if c["rel_change"] is None or c["rel_change"] <= 0:
                     continue
                 att = by_key.get((g["base"], g["lr"], t, d), [])
-                share = without = None
-                if att:
-                    shares = [a["format"]["share"] for a in att if a.get("format", {}).get("share") is not None]
-                    share = sum(shares) / len(shares) if shares else None
-                    w = [a["without_format"]["rel_change"] for a in att
-                         if (a.get("without_format") or {}).get("rel_change") is not None]
-                    without = sum(w) / len(w) if w else None
+                pooled = (pooled_format(att) if att else
+                          {"format_share": None, "rel_change_without_format": None, "attribution_seeds": 0})
                 rows.append({"group": g["label"], "base": g["base"], "lr": g["lr"], "target": t, "domain": d,
-                             "own": t == d, "rel_change": c["rel_change"], "vs_control": c["vs_control"],
-                             "format_share": share, "rel_change_without_format": without})
+                             "own": t == d, "rel_change": c["rel_change"], "vs_control": c["vs_control"], **pooled})
     rows.sort(key=lambda r: -r["rel_change"])
     return rows

@@ -264,7 +264,8 @@ def adaptation_matrix_section(ctx: ReportContext) -> Section | None:
                                 _pct(w["rel_change_without_format"])] for w in worse],
                               caption="Every (adapted model, test domain) cell whose perplexity rose, largest first; "
                                       "format = newline, whitespace and punctuation tokens (their contribution to "
-                                      "Δ log PPL over the total; – without per-token attribution)"))
+                                      "Δ log PPL over the total, pooled over seeds by tokens; – without per-token "
+                                      "attribution)"))
     else:
         html.append("<p>No (model, test domain) cell got worse.</p>")
     return Section("Adaptation matrix (Adaptation Odyssey)", "\n".join(html))
