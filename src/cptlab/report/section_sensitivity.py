@@ -53,7 +53,8 @@ def verdict_text(result: dict[str, Any], gamma: float, alpha: float = 0.05) -> s
     text = (f"At γ = {gamma:g}, the loss increase goes from {first[1]['mean']:.4g} nats ({first[2]}) to "
             f"{last[1]['mean']:.4g} nats ({last[2]}), a change of {diff:+.4g}")
     text += (f" (Welch t-test over seeds, first vs last checkpoint: t = {w['t']:.2f} on {w['df']:.1f} df, two-sided "
-             f"p = {w['p_two_sided']:.3g}, alpha = {alpha:g})" if w else " (fewer than two seeds or no spread: no test)")
+             f"p = {w['p_two_sided']:.3g}, alpha = {alpha:g})" if w
+             else " (fewer than two seeds or no spread: no test)")
     if rho is not None:
         text += f"; Spearman ρ between pretraining tokens and sensitivity = {rho:+.2f} over {len(pts)} checkpoints"
     if sig and diff > 0 and (rho is None or rho > 0.5):
