@@ -138,3 +138,33 @@ def test_sweep_runs_resumes_and_reports(tmp_path, pretrain_run, tiny_corpus, mon
     assert "forgetting, lr 0.001" in html and (index.parent / "checkpoint-sweep-forgetting.png").is_file()
     assert (index.parent / "checkpoint-sweep.png").is_file() and (index.parent / "sensitivity-vs-tokens.png").is_file()
     assert 'class="error"' not in html and not list(index.parent.glob("section-*-error.log"))
+
+
+def test_sweep_fine_tunes_each_adapted_checkpoint_and_plots_accuracy(tmp_path, pretrain_run, tiny_corpus):
+    """tasks + sft: every checkpoint is measured as it is, after CPT, and after SFT of either; the report's
+    sweep-tasks section plots accuracy vs pretraining tokens from those rows."""
+    from cptlab.corpus.domain_task import write_domain_sft, write_domain_task
+    from cptlab.report.render import render_report
+    from cptlab.study.runner import run_study
+    from cptlab.study.store import read_task_results
+
+    task = write_domain_task(tiny_corpus, ["code", "prose"], tmp_path / "which.jsonl", per_domain=4, chars=100)
+    sft = write_domain_sft(tiny_corpus, ["code", "prose"], tmp_path / "sft.jsonl", per_domain=6, chars=100)
+    tasks = {"files": [str(task)], "sft": {"data": {"train": str(sft), "seq_len": 128}, "batch_size": 4,
+                                          "max_steps": 2, "tensorboard": False}}
+    spec = _spec(tmp_path, pretrain_run, tiny_corpus, seeds=[0], sensitivity=None, tasks=tasks)
+    result = run_study(spec, tmp_path / "study")
+    assert set(result["runs"].values()) == {"done"}
+    rows = read_task_results(tmp_path / "study", metric="acc")
+    got = {(r["axes"]["checkpoint"]["name"], r["model"]) for r in rows}
+    names = {r["axes"]["checkpoint"]["name"] for r in rows}
+    assert len(names) == 2
+    assert got == {(n, m) for n in names for m in ("base", "base+sft", "cpt", "cpt+sft")}
+    # the cpt+sft model is the SFT of the adapted checkpoint
+    run = next(r["run"] for r in rows if r["model"] == "cpt+sft")
+    sft_cfg = json.loads((tmp_path / "study" / "runs" / run / "sft" / "train_config.json").read_text())
+    assert sft_cfg["model"]["name"].endswith(f"{run}/train/final")
+    html = render_report(tmp_path / "study").read_text()
+    assert "Task accuracy vs pretraining tokens" in html
+    for r in rows:
+        assert f'data-value="{r["value"]!r}"' in html

@@ -24,9 +24,16 @@ best and says whether the curve turns up (U-shape), with the difference and its 
         max_steps: 40
       eval: {max_documents: 50}          # extra options of the `eval` steps
       sensitivity: {gammas: [0.03, 0.1, 0.3], seeds: 3}   # optional: one extra run measuring sensitivity
+      tasks:                             # optional: the overtraining paper's outcome, task accuracy after SFT
+        files: [./tasks/domain_mc.jsonl] # eval-tasks (local multiple-choice files and/or lm-eval task names)
+        sft: {data: {train: ./sft/train.jsonl, seq_len: 256}, max_steps: 50}   # SFT each adapted checkpoint
+        before: true                     # also the checkpoints themselves, and (with sft) their SFT without CPT
 
 Runs: `before-<checkpoint>` (baseline: evaluates the checkpoint), `sweep-<checkpoint>-<lr>-<seed>` (train, eval)
-and, with `sensitivity`, one run `sensitivity` (role "diagnostic"). A spec may give its own `steps:` instead of the
+and, with `sensitivity`, one run `sensitivity` (role "diagnostic"). With `tasks`, every sweep run adds eval-tasks of
+the adapted model (label "cpt") and, with `tasks.sft`, an `sft` step from it and eval-tasks (label "cpt+sft");
+with `tasks.before`, the baseline runs add eval-tasks of the checkpoint ("base") and, with sft, "base+sft". The
+report plots accuracy against pretraining tokens. A spec may give its own `steps:` instead of the
 default recipe; they see `${checkpoint.path}`, `${checkpoint.tokens}`, `${lr}`, `${seed}` and `${corpus_path}`.
 Checkpoints are read when the study is expanded: the pretraining run must exist by then.
 """
@@ -44,13 +51,20 @@ from cptlab.errors import CptlabError
 from cptlab.study.kinds import StudyKind, register_study_kind
 from cptlab.study.spec import BaselineSpec, RunSpec, StudySpec, _resolve_location, expand_grid, resolve_steps
 
-SECTIONS = ["runs", "checkpoint-sweep", "sensitivity", "loss-curves"]
+SECTIONS = ["runs", "checkpoint-sweep", "sweep-tasks", "sensitivity", "loss-curves"]
 
 
 class CheckpointEntry(StrictModel):
     path: str
     tokens: int | None = Field(None, ge=0)
     name: str | None = None
+
+
+class SweepTasks(StrictModel):
+    files: list[str] = Field(min_length=1)
+    sft: dict[str, Any] | None = None  # an SFT config mapping; model and seed filled in
+    before: bool = True  # also measure (and SFT) the checkpoints without CPT
+    eval_tasks: dict[str, Any] = Field(default_factory=dict)
 
 
 class SweepOptions(StrictModel):
@@ -66,6 +80,7 @@ class SweepOptions(StrictModel):
     train: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
     sensitivity: dict[str, Any] | None = None
+    tasks: SweepTasks | None = None
 
 
 def sweep_checkpoints(opts: SweepOptions, spec_dir: Path) -> list[dict[str, Any]]:
@@ -133,6 +148,21 @@ def default_train(opts: SweepOptions, corpus_path: str | None) -> dict[str, Any]
     return train
 
 
+def task_steps(opts: SweepOptions, spec_dir: Path, model: str, label: str, seed) -> list[dict[str, Any]]:
+    """eval-tasks of `model` and, with tasks.sft, SFT from it and eval-tasks of the result ("<label>+sft")."""
+    if opts.tasks is None:
+        return []
+    from cptlab.study.kind_cpt_then_sft import measure_tasks, sft_step
+
+    t = opts.tasks
+    files = [_resolve_location(f, spec_dir) for f in t.files]
+    steps = [measure_tasks(files, model, label, "tasks", t.eval_tasks)]
+    if t.sft is not None:
+        steps += [sft_step(t.sft, model, seed),
+                  measure_tasks(files, "${steps.sft.final_dir}", f"{label}+sft", "tasks-sft", t.eval_tasks)]
+    return steps
+
+
 def expand(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
     opts = SweepOptions.model_validate(spec.options)
     checkpoints = sweep_checkpoints(opts, spec_dir)
@@ -147,10 +177,13 @@ def expand(spec: StudySpec, spec_dir: Path) -> list[RunSpec]:
     sub.grid = {"checkpoint": checkpoints, "lr": list(opts.lrs), "seed": list(opts.seeds)}
     if not spec.steps:
         sub.steps = [{"name": "train", "kind": "train", "config": default_train(opts, corpus_path)},
-                     {**eval_step, "name": "eval", "model": "${steps.train.final_dir}", "label": "after"}]
+                     {**eval_step, "name": "eval", "model": "${steps.train.final_dir}", "label": "after"},
+                     *task_steps(opts, spec_dir, "${steps.train.final_dir}", "cpt", "${seed}")]
     if spec.baseline is None:
+        before = task_steps(opts, spec_dir, "${checkpoint.path}", "base", spec.seed) \
+            if opts.tasks is not None and opts.tasks.before else []
         sub.baseline = BaselineSpec(axes=["checkpoint"], steps=[
-            {**eval_step, "name": "eval", "model": "${checkpoint.path}", "label": "before"}])
+            {**eval_step, "name": "eval", "model": "${checkpoint.path}", "label": "before"}, *before])
     if spec.run_name is None:
         sub.run_name = "sweep-{checkpoint}-lr{lr}-s{seed}"
     runs = expand_grid(sub, spec_dir, prefix="sweep")
