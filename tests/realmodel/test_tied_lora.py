@@ -72,9 +72,6 @@ def test_cptlab_train_lora_on_tied_head_saves_untied(tiny_smollm_dir, tiny_smoll
     assert torch.equal(sd["model.embed_tokens.weight"], base)
 
 
-@pytest.mark.xfail(strict=True, reason="trainer bug: CausalLMLoss (train/loss.py) computes the loss from "
-                   "`head.weight`, the LoRA wrapper's BASE weight, so a LoRA adapter on lm_head gets no gradient "
-                   "and never trains (remove this mark when fixed)")
 def test_cptlab_train_lora_on_lm_head_trains_the_head(tiny_smollm_dir, tiny_smollm_cache, tmp_path):
     import torch
 

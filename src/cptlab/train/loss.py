@@ -108,7 +108,9 @@ class CausalLMLoss(nn.Module):
         h = hidden.reshape(-1, hidden.shape[-1])
         y = labels.reshape(-1)
         reg = self._reg[0]
-        if reg is None and getattr(head, "bias", None) is None:
+        # The fused path needs a plain bias-free Linear head: a LoRA-wrapped head (peft) computes more than
+        # `head.weight` (its base weight), so it goes through head(...) chunk by chunk below.
+        if reg is None and type(head) is nn.Linear and head.bias is None:
             return linear_cross_entropy(h, head.weight, y, self.chunk), None
         from torch.utils.checkpoint import checkpoint
 
