@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.train.conftest import apply_over
+
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
@@ -82,13 +84,7 @@ def sft_config(out_dir, model_dir, files, **over) -> dict:
         "tensorboard": False,
         "quiet": True,
     }
-    for key, value in over.items():
-        node = cfg
-        parts = key.split("__")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return cfg
+    return apply_over(cfg, over)
 
 
 @pytest.fixture

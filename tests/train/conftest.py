@@ -38,6 +38,11 @@ def make_config(out_dir, cache, tokenizer_dir, **over) -> dict:
         "tensorboard": False,
         "quiet": True,
     }
+    return apply_over(cfg, over)
+
+
+def apply_over(cfg: dict, over: dict) -> dict:
+    """Set nested keys given as `a__b=value` (e.g. checkpoint__interval=4) in place; returns cfg."""
     for key, value in over.items():
         node = cfg
         parts = key.split("__")
