@@ -56,8 +56,13 @@ def _arms(stats: dict[str, ArmStats]) -> list[str]:
 def verdict_lines(by_task: dict[str, dict[str, ArmStats]], metric: str) -> list[str]:
     lines = []
     for task, stats in by_task.items():
+        if "base+sft" in stats and "base" in stats:
+            d = difference(stats, "base+sft", "base")
+            lines.append(f"{task}: SFT alone took {metric} from {stats['base'].mean:.3f} to {stats['base+sft'].mean:.3f}"
+                         + (f" (95% interval of the change {d.low:+.3f} to {d.high:+.3f})."
+                            if d is not None and d.low is not None else "."))
         for a, b in comparisons(set(stats)):
-            if not a.endswith("+sft"):
+            if not a.endswith("+sft") or b != "base+sft":
                 continue
             d = difference(stats, a, b)
             if d is None:
@@ -105,7 +110,8 @@ def cpt_then_sft_section(ctx: ReportContext) -> Section | None:
                     + "".join(f"<li>{ctx.escape(s)}</li>" for s in lines) + "</ul></div>")
     by_task = arm_stats(rows, metrics[0])
     tasks = list(by_task)
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(tasks) + 2.5), 3.4))
+    n_arms = len(_arms({a: None for t in tasks for a in by_task[t]}))
+    fig, ax = plt.subplots(figsize=(max(4.5, (0.25 * n_arms + 0.6) * len(tasks) + 1.5), 3.6))
     arms = _arms({a: None for t in tasks for a in by_task[t]})
     width = 0.8 / max(1, len(arms))
     for j, arm in enumerate(arms):
@@ -121,7 +127,7 @@ def cpt_then_sft_section(ctx: ReportContext) -> Section | None:
     ax.set_xlabel("task")
     ax.set_ylabel(f"{metrics[0]} (fraction correct)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: many arms hide the bars
     html.append(ctx.figure(fig, "cpt-then-sft", f"Task {metrics[0]} per arm (bars: mean over seeds ± SE; dots: "
                                                 f"seeds)"))
     for metric in metrics:
